@@ -1,0 +1,149 @@
+"""Model checkpoints on disk. Every orbax call of the project lives here.
+
+A model directory holds:
+
+- ``weights/``: an orbax checkpoint of every parameter and BatchNorm statistic;
+- ``model.json``: ``{"model": <config.model>, ...metadata}`` (for converted weights:
+  the source file, its sha256, its format and the mapping version).
+
+Directories are written under a temporary name and renamed when complete, so a
+failed write never leaves something that looks like a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import tempfile
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from asanet_jax.models.asanet import ASANet
+from asanet_jax.models.config import resolve, to_config
+
+WEIGHTS = (nnx.Param, nnx.BatchStat)
+CONFIG_FILE = "model.json"
+WEIGHTS_DIR = "weights"
+
+
+class ModelCheckpointError(ValueError):
+    """A model directory that is missing, incomplete or does not fit its config."""
+
+
+def save_model(
+    directory, model: ASANet, *, metadata: dict | None = None, overwrite: bool = False
+) -> pathlib.Path:
+    """Write ``model`` (weights + config + metadata) to ``directory``.
+
+    Raises:
+      FileExistsError: ``directory`` exists and ``overwrite`` is False.
+    """
+    directory = pathlib.Path(directory).absolute()
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} already exists; pass overwrite to replace it")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        pure = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / WEIGHTS_DIR, pure)
+        doc = {"model": to_config(model.spec).to_dict(), **(metadata or {})}
+        (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, default=list) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_metadata(directory) -> dict:
+    """``model.json`` of a model directory.
+
+    Raises:
+      ModelCheckpointError: the directory or its files are missing.
+    """
+    directory = pathlib.Path(directory)
+    path = directory / CONFIG_FILE
+    if not path.is_file() or not (directory / WEIGHTS_DIR).is_dir():
+        raise ModelCheckpointError(
+            f"{directory}: not a model checkpoint (expected {CONFIG_FILE} and {WEIGHTS_DIR}/ "
+            "as written by scripts/convert_torch_weights.py or training)"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelCheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_model(
+    directory, model_config: ml_collections.ConfigDict | dict | None = None
+) -> tuple[ASANet, ml_collections.ConfigDict, dict]:
+    """(model in eval mode, config.model, metadata) from a model directory.
+
+    ``model_config`` overrides fields that do not change the weights' shapes (for
+    example ``dtype``); a config whose shapes differ from the stored weights is an
+    error naming the mismatched variables.
+    """
+    directory = pathlib.Path(directory).absolute()
+    meta = read_metadata(directory)
+    stored = dict(meta["model"])
+    if model_config is not None:
+        given = (
+            model_config.to_dict()
+            if isinstance(model_config, ml_collections.ConfigDict)
+            else dict(model_config)
+        )
+        stored.update(given)
+    try:
+        spec = resolve(stored)
+    except ValueError as e:
+        raise ModelCheckpointError(f"{directory}: {e}") from None
+
+    def make():
+        return ASANet(spec, rngs=nnx.Rngs(params=0, dropout=1))
+
+    abstract = nnx.eval_shape(make)
+    graphdef, weights, _ = nnx.split(abstract, WEIGHTS, ...)
+    target = nnx.to_pure_dict(weights)
+    with ocp.StandardCheckpointer() as ckptr:
+        on_disk = ckptr.metadata(directory / WEIGHTS_DIR).item_metadata
+        _check_shapes(directory, target, on_disk)
+        restored = ckptr.restore(directory / WEIGHTS_DIR, target)
+    nnx.replace_by_pure_dict(weights, restored)
+    rest = jax.jit(lambda: nnx.split(make(), WEIGHTS, ...)[2])()
+    model = nnx.merge(graphdef, weights, rest)
+    model.eval()
+    return model, to_config(spec), meta
+
+
+def _check_shapes(directory, target, on_disk) -> None:
+    want = {
+        "/".join(map(str, p)): tuple(v.shape)
+        for p, v in jax.tree_util.tree_flatten_with_path(target)[0]
+        for p in [[getattr(k, "key", getattr(k, "idx", k)) for k in p]]
+    }
+    have = {
+        "/".join(map(str, p)): tuple(v.shape)
+        for p, v in jax.tree_util.tree_flatten_with_path(on_disk)[0]
+        for p in [[getattr(k, "key", getattr(k, "idx", k)) for k in p]]
+    }
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    bad = sorted(
+        f"{k}: stored {have[k]} vs config {want[k]}"
+        for k in set(want) & set(have)
+        if want[k] != have[k]
+    )
+    if missing or extra or bad:
+        lines = [f"{directory}: the stored weights do not fit the model config"]
+        for title, items in (("missing", missing), ("unexpected", extra), ("shape mismatch", bad)):
+            if items:
+                lines.append(f"  {title}: {len(items)}")
+                lines += [f"    {x}" for x in items[:20]]
+        raise ModelCheckpointError("\n".join(lines))

@@ -1,0 +1,148 @@
+"""ImageNet ConvNeXt V2 weights as the initialisation of every stream (the paper's start).
+
+Three formats are read and renamed to mmpretrain's backbone names first:
+
+- mmpretrain (``backbone.downsample_layers...``, ``backbone.norm3``, ``head.fc``);
+- the FAIR release (``downsample_layers``, ``stages.i.j.{dwconv,pwconv1,pwconv2}``,
+  GRN shaped (1, 1, 1, C), final ``norm``, ``head``), renamed as mmpretrain's own
+  ``convnext_to_mmpretrain`` does (final ``norm`` -> ``norm3``);
+- timm (``stem``, ``stages.i.downsample``, ``stages.i.blocks.j.{conv_dw,mlp.fc1,
+  mlp.grn,mlp.fc2}``, ``head.norm`` -> ``norm3``, ``head.fc``).
+
+Classifier keys are reported and skipped; any other key that does not fit is an
+error. The stage norms the classifier never had (``norm0..2``) stay at their
+initialisation, as in the official code, and are reported.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from asanet_jax.convert.layout import convnext_layout
+from asanet_jax.convert.mapping import stream_rules
+from asanet_jax.convert.official import mismatch_report, set_weights, to_flax_values
+from asanet_jax.convert.reader import CheckpointError, read_state_dict
+
+_FAIR_RENAMES = [
+    (r"stages\.(\d+)\.(\d+)\.dwconv\.(.+)", r"stages.\1.\2.depthwise_conv.\3"),
+    (r"stages\.(\d+)\.(\d+)\.pwconv(1|2)\.(.+)", r"stages.\1.\2.pointwise_conv\3.\4"),
+    (r"stages\.(\d+)\.(\d+)\.(norm|grn)\.(.+)", r"stages.\1.\2.\3.\4"),
+    (r"downsample_layers\.(\d+)\.(\d+)\.(.+)", r"downsample_layers.\1.\2.\3"),
+    (r"norm\.(weight|bias)", r"norm3.\1"),
+]
+_TIMM_RENAMES = [
+    (r"stem\.(0|1)\.(.+)", r"downsample_layers.0.\1.\2"),
+    (r"stages\.(\d+)\.downsample\.(0|1)\.(.+)", r"downsample_layers.\1.\2.\3"),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.(.+)", r"stages.\1.\2.depthwise_conv.\3"),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.norm\.(.+)", r"stages.\1.\2.norm.\3"),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc(1|2)\.(.+)", r"stages.\1.\2.pointwise_conv\3.\4"),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.grn\.weight", r"stages.\1.\2.grn.gamma"),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.grn\.bias", r"stages.\1.\2.grn.beta"),
+    (r"head\.norm\.(weight|bias)", r"norm3.\1"),
+]
+_MMPRETRAIN_RENAMES = [(r"backbone\.(.+)", r"\1")]
+_HEAD = {
+    "mmpretrain": r"head\..+",
+    "fair": r"head\.(weight|bias)",
+    "timm": r"head\.fc\.(weight|bias)",
+}
+
+
+def detect_format(state: dict) -> str:
+    """'mmpretrain', 'fair' or 'timm', from the stem's key."""
+    if "backbone.downsample_layers.0.0.weight" in state:
+        if any(k.startswith("decode_head.") for k in state):
+            raise CheckpointError(
+                "this is a segmentor checkpoint, not an ImageNet backbone: use --kind official"
+            )
+        return "mmpretrain"
+    if "downsample_layers.0.0.weight" in state and "stages.0.0.dwconv.weight" in state:
+        return "fair"
+    if "stem.0.weight" in state and "stages.0.blocks.0.conv_dw.weight" in state:
+        return "timm"
+    if "backbone.backbone.downsample_layers.0.0.weight" in state:
+        raise CheckpointError(
+            "this is an ASANet segmentor checkpoint, not an ImageNet backbone: use --kind official"
+        )
+    raise CheckpointError(
+        "not a ConvNeXt V2 ImageNet checkpoint in mmpretrain, FAIR or timm format "
+        f"(first keys: {', '.join(list(state)[:3])})"
+    )
+
+
+def to_mmpretrain_names(state: dict[str, np.ndarray]) -> tuple[dict, list[str], str]:
+    """(backbone tensors under mmpretrain's relative names, skipped head keys, format)."""
+    fmt = detect_format(state)
+    renames = {"mmpretrain": _MMPRETRAIN_RENAMES, "fair": _FAIR_RENAMES, "timm": _TIMM_RENAMES}
+    out, skipped, unknown = {}, [], []
+    for key, value in state.items():
+        if re.fullmatch(_HEAD[fmt], key):
+            skipped.append(key)
+            continue
+        for pattern, template in renames[fmt]:
+            if m := re.fullmatch(pattern, key):
+                new = m.expand(template)
+                if fmt == "fair" and new.endswith((".grn.gamma", ".grn.beta")):
+                    value = value.reshape(-1)  # FAIR stores GRN as (1, 1, 1, C)
+                out[new] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(
+            f"{fmt} checkpoint: keys that belong to no ConvNeXt V2 backbone or classifier:\n"
+            + "\n".join(f"    {k}" for k in unknown[:40])
+        )
+    return out, skipped, fmt
+
+
+def load_imagenet_backbone(model, path) -> dict:
+    """Initialise every stream of ``model`` in place from an ImageNet ConvNeXt V2 checkpoint.
+
+    Returns:
+      A report: ``format``, ``loaded`` (tensors per stream), ``skipped`` (classifier
+      keys) and ``left_at_init`` (backbone keys the checkpoint lacks, norm0..2).
+    Raises:
+      CheckpointError: wrong architecture, unknown keys, or a missing backbone tensor.
+    """
+    try:
+        return _load_imagenet(model, read_state_dict(path))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def _load_imagenet(model, state: dict[str, np.ndarray]) -> dict:
+    backbone, skipped, fmt = to_mmpretrain_names(state)
+    spec = model.spec
+    n = len(spec.depths)
+    may_lack = {f"norm{i}.{p}" for i in range(n - 1) for p in ("weight", "bias")}
+    streams = {"rgb": ("optical", spec.optical_channels), "sar": ("sar", spec.sar_channels)}
+    values, left = {}, []
+    for modality in spec.streams:
+        name, bands = streams[modality]
+        layout = {k[2:]: s for k, s, _ in convnext_layout("x", spec, bands)}
+        unconsumed = sorted(set(backbone) - set(layout))
+        missing = sorted(set(layout) - set(backbone) - may_lack)
+        mismatched = sorted(
+            f"{k}: checkpoint {tuple(backbone[k].shape)} vs {name} stream {layout[k]}"
+            for k in set(backbone) & set(layout)
+            if tuple(backbone[k].shape) != tuple(layout[k])
+        )
+        if unconsumed or missing or mismatched:
+            raise CheckpointError(
+                f"does not fit the {name} stream ({spec.depths}, {spec.channels}, {bands} "
+                f"input bands):\n" + mismatch_report(unconsumed, missing, mismatched)
+            )
+        left += [f"{name}.{k}" for k in sorted(set(layout) - set(backbone))]
+        prefixed = {f"x.{k}": v for k, v in backbone.items()}
+        values.update(to_flax_values(prefixed, stream_rules("x", name)))
+    set_weights(model, values)
+    return {
+        "format": fmt,
+        "loaded": len(backbone),
+        "streams": [streams[m][0] for m in spec.streams],
+        "skipped": skipped,
+        "left_at_init": left,
+    }

@@ -1,0 +1,306 @@
+"""Official mmseg checkpoints <-> our model: architecture inference, strict load, export."""
+
+from __future__ import annotations
+
+import collections
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from asanet_jax.convert.layout import official_layout
+from asanet_jax.convert.mapping import map_key, segmentor_rules
+from asanet_jax.convert.reader import CheckpointError, read_state_dict
+from asanet_jax.models.asanet import ASANet
+from asanet_jax.models.config import ModelSpec, resolve, to_config
+
+WEIGHTS = (nnx.Param, nnx.BatchStat)
+
+
+def _count(state: dict, pattern: str) -> int:
+    """How many distinct values of the regex group ``(\\d+)`` occur in the keys."""
+    found = {int(m.group(1)) for k in state if (m := re.fullmatch(pattern, k))}
+    if found and found != set(range(len(found))):
+        raise CheckpointError(f"indices {sorted(found)} of {pattern!r} are not 0..n-1")
+    return len(found)
+
+
+def _describe(state: dict) -> str:
+    return ", ".join(list(state)[:3]) + (", ..." if len(state) > 3 else "")
+
+
+def _stream_arch(state: dict, p: str) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    n = _count(state, rf"{re.escape(p)}\.downsample_layers\.(\d+)\.\d\.weight")
+    depths = tuple(
+        _count(state, rf"{re.escape(p)}\.stages\.{i}\.(\d+)\.depthwise_conv\.weight")
+        for i in range(n)
+    )
+    stem = state[f"{p}.downsample_layers.0.0.weight"]
+    channels = (
+        stem.shape[0],
+        *tuple(state[f"{p}.downsample_layers.{i}.1.weight"].shape[0] for i in range(1, n)),
+    )
+    return depths, channels, stem.shape[1]
+
+
+def infer_model_config(
+    state: dict[str, np.ndarray], overrides: dict | None = None
+) -> ml_collections.ConfigDict:
+    """``config.model`` of an official mmseg checkpoint, from its keys and shapes alone.
+
+    Depths, channels, input bands, classes, decoder and aux widths, the aux head's
+    input stage, SFM on/off and CFM or sum are read from the weights. What no
+    weight records (the values of ``pool_scales``, ``drop_path_rate``, ``dropout``,
+    ``dtype``, and which modality a single-stream baseline takes) comes from
+    ``overrides`` or the defaults. An override that contradicts the weights is an
+    error, raised later by the strict shape check.
+
+    Raises:
+      CheckpointError: the keys are not those of an official ASANet / UPerNet model.
+    """
+    overrides = dict(overrides or {})
+    if "decode_head.conv_seg.weight" not in state:
+        if any(k.startswith(("backbone.stages.", "stages.", "stem.")) for k in state):
+            raise CheckpointError(
+                "this is a ConvNeXt (ImageNet) backbone checkpoint, not a segmentor: "
+                "convert it with --kind imagenet (asanet_jax.convert.load_imagenet_backbone)"
+            )
+        raise CheckpointError(
+            "not an official ASANet/UPerNet checkpoint: no 'decode_head.conv_seg.weight' "
+            f"among its {len(state)} keys ({_describe(state)})"
+        )
+    if "backbone.backbone.downsample_layers.0.0.weight" in state:
+        if "backbone.backbone2.downsample_layers.0.0.weight" not in state:
+            raise CheckpointError(
+                "has an optical stream (backbone.backbone.*) but no SAR stream "
+                "(backbone.backbone2.*): not an ASANet checkpoint"
+            )
+        depths, channels, opt_ch = _stream_arch(state, "backbone.backbone")
+        _, _, sar_ch = _stream_arch(state, "backbone.backbone2")
+        cfg = {
+            "modalities": "rgb+sar",
+            "optical_channels": opt_ch,
+            "sar_channels": sar_ch,
+            "sfm": any(k.startswith("backbone.FRMs.") for k in state),
+            "fusion": "cfm" if "backbone.FFMs.0.catconv1.weight" in state else "sum",
+        }
+    elif "backbone.downsample_layers.0.0.weight" in state:
+        depths, channels, in_ch = _stream_arch(state, "backbone")
+        modality = overrides.get("modalities", "rgb")
+        if modality not in ("rgb", "sar"):
+            raise CheckpointError(
+                f"a single-stream checkpoint cannot be modalities={modality!r}: "
+                "expected 'rgb' or 'sar'"
+            )
+        band_field = "optical_channels" if modality == "rgb" else "sar_channels"
+        cfg = {"modalities": modality, band_field: in_ch, "sfm": False, "fusion": "none"}
+    else:
+        raise CheckpointError(
+            "has a decode head but no ConvNeXt backbone under 'backbone.' or "
+            "'backbone.backbone.': not an ASANet/UPerNet checkpoint with a ConvNeXt V2 backbone"
+        )
+    seg = state["decode_head.conv_seg.weight"]
+    n_pool = _count(state, r"decode_head\.psp_modules\.(\d+)\.1\.conv\.weight")
+    pool_scales = tuple(overrides.get("pool_scales", (1, 2, 3, 6)))
+    if len(pool_scales) != n_pool:
+        raise CheckpointError(
+            f"the checkpoint has {n_pool} PPM branches but pool_scales={pool_scales}: "
+            "give the pool scales it was trained with"
+        )
+    cfg.update(
+        depths=depths,
+        channels=channels,
+        num_classes=seg.shape[0],
+        decoder_channels=seg.shape[1],
+        pool_scales=pool_scales,
+    )
+    n_aux = _count(state, r"auxiliary_head\.convs\.(\d+)\.conv\.weight")
+    if n_aux:
+        aux_in = state["auxiliary_head.convs.0.conv.weight"].shape[1]
+        candidates = [i for i, c in enumerate(channels) if c == aux_in]
+        if not candidates:
+            raise CheckpointError(
+                f"the auxiliary head takes {aux_in} channels, which no stage has ({channels})"
+            )
+        preferred = overrides.get("aux_in_index", 2)
+        cfg.update(
+            aux_channels=state["auxiliary_head.convs.0.conv.weight"].shape[0],
+            aux_num_convs=n_aux,
+            aux_in_index=preferred if preferred in candidates else candidates[-1],
+        )
+    else:
+        cfg["aux_channels"] = 0
+    inferred = dict(cfg)
+    for k, v in overrides.items():
+        if (
+            k in inferred
+            and k != "modalities"
+            and tuple(np.atleast_1d(v)) != tuple(np.atleast_1d(inferred[k]))
+        ):
+            raise CheckpointError(
+                f"config.model.{k}={v!r} contradicts the checkpoint, which has {inferred[k]!r}"
+            )
+    cfg.update(overrides)
+    try:
+        return to_config(resolve(cfg))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def check_against_layout(state: dict[str, np.ndarray], spec: ModelSpec) -> None:
+    """Strict: the checkpoint has exactly the official keys of ``spec``, with their shapes.
+
+    Raises:
+      CheckpointError: listing unconsumed, missing and shape-mismatched keys.
+    """
+    expected = {k: s for k, s, _ in official_layout(spec)}
+    unconsumed = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(state))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}"
+        for k in set(state) & set(expected)
+        if tuple(state[k].shape) != tuple(expected[k])
+    )
+    if unconsumed or missing or mismatched:
+        raise CheckpointError(mismatch_report(unconsumed, missing, mismatched))
+
+
+def mismatch_report(unconsumed, missing, mismatched) -> str:
+    lines = ["the checkpoint does not fit the model:"]
+    for title, items in (
+        ("unconsumed (in the checkpoint, not in the model)", unconsumed),
+        ("missing (in the model, not in the checkpoint)", missing),
+        ("shape mismatch", mismatched),
+    ):
+        if items:
+            lines.append(f"  {title}: {len(items)}")
+            lines += [f"    {x}" for x in items[:40]]
+            if len(items) > 40:
+                lines.append(f"    ... and {len(items) - 40} more")
+    return "\n".join(lines)
+
+
+def to_flax_values(state: dict[str, np.ndarray], rules) -> dict[str, np.ndarray]:
+    """Rename and transform every tensor through the table; unmatched keys are errors."""
+    out, unmatched = {}, []
+    for key, value in state.items():
+        mapped = map_key(key, rules)
+        if mapped is None:
+            unmatched.append(key)
+            continue
+        out[mapped.flax_path] = mapped.leaf.to_flax(np.asarray(value))
+    if unmatched:
+        raise CheckpointError(mismatch_report(sorted(unmatched), [], []))
+    return out
+
+
+def flat_weights(model: nnx.Module) -> dict[str, nnx.Variable]:
+    """``'optical.stages.0.0.norm.scale' -> Variable`` for every parameter and BN statistic."""
+    state = nnx.state(model, WEIGHTS)
+    return {".".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
+
+
+def set_weights(model: nnx.Module, values: dict[str, np.ndarray]) -> None:
+    """Overwrite the named variables in place; every name and shape must exist in the model."""
+    current = flat_weights(model)
+    unknown = sorted(set(values) - set(current))
+    bad = sorted(
+        f"{k}: {tuple(np.shape(v))} vs model {tuple(current[k].shape)}"
+        for k, v in values.items()
+        if k in current and tuple(np.shape(v)) != tuple(current[k].shape)
+    )
+    if unknown or bad:
+        raise CheckpointError(mismatch_report(unknown, [], bad))
+    for k, v in values.items():
+        current[k].set_value(jnp.asarray(v, dtype=current[k].dtype))
+
+
+def model_from_values(spec: ModelSpec, values: dict[str, np.ndarray], *, seed: int = 0) -> ASANet:
+    """A model whose every weight comes from ``values``, without a random init of them."""
+
+    def make():
+        return ASANet(spec, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+
+    graphdef, weights, _ = nnx.split(nnx.eval_shape(make), WEIGHTS, ...)
+    flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(weights)}
+    missing = sorted(set(flat) - set(values))
+    unknown = sorted(set(values) - set(flat))
+    bad = sorted(
+        f"{k}: {tuple(values[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in flat.items()
+        if k in values and tuple(values[k].shape) != tuple(v.shape)
+    )
+    if missing or unknown or bad:
+        raise CheckpointError(mismatch_report(unknown, missing, bad))
+    filled = nnx.from_flat_state(
+        [
+            (
+                tuple(int(x) if x.isdigit() else x for x in k.split(".")),
+                v.replace(jnp.asarray(values[k], v.dtype)),
+            )
+            for k, v in flat.items()
+        ]
+    )
+    # Only the RNG streams of dropout / drop-path remain; XLA drops the rest of init.
+    rest = jax.jit(lambda: nnx.split(make(), WEIGHTS, ...)[2])()
+    return nnx.merge(graphdef, filled, rest)
+
+
+def load_state_dict(
+    state: dict[str, np.ndarray], model_config: ml_collections.ConfigDict | dict | None = None
+) -> tuple[ASANet, ml_collections.ConfigDict]:
+    """``load_torch_checkpoint`` for a state_dict already in memory."""
+    overrides = (
+        model_config.to_dict()
+        if isinstance(model_config, ml_collections.ConfigDict)
+        else dict(model_config or {})
+    )
+    config = infer_model_config(state, overrides)
+    spec = resolve(config)
+    check_against_layout(state, spec)
+    model = model_from_values(spec, to_flax_values(state, segmentor_rules(spec.streams)))
+    model.eval()
+    return model, config
+
+
+def load_torch_checkpoint(
+    path, model_config: ml_collections.ConfigDict | dict | None = None
+) -> tuple[ASANet, ml_collections.ConfigDict]:
+    """Model and ``config.model`` from an official mmseg checkpoint (.pth or .safetensors).
+
+    The architecture is inferred from the keys and shapes; ``model_config`` may add
+    what the weights do not record (see ``infer_model_config``). Loading is strict:
+    every tensor consumed, every model variable filled, every shape equal. The model
+    is returned in eval mode.
+
+    Raises:
+      CheckpointError: with a one-line reason, or the lists of unconsumed, missing
+        and mismatched keys.
+    """
+    try:
+        return load_state_dict(read_state_dict(path), model_config)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def export_state_dict(model: ASANet) -> collections.OrderedDict[str, np.ndarray]:
+    """The official mmseg state_dict of our model (numpy), in the official key order.
+
+    The inverse of ``load_torch_checkpoint``: loading it back, or into the official
+    PyTorch model with ``strict=True``, gives the same weights bit for bit.
+    """
+    spec = model.spec
+    rules = segmentor_rules(spec.streams)
+    ours = {k: np.asarray(v.get_value()) for k, v in flat_weights(model).items()}
+    out = collections.OrderedDict()
+    for key, shape, dtype in official_layout(spec):
+        mapped = map_key(key, rules)
+        value = mapped.leaf.to_torch(ours.pop(mapped.flax_path))
+        assert value.shape == tuple(shape) and value.dtype == np.dtype(dtype), (key, value.shape)
+        out[key] = value
+    if ours:
+        raise AssertionError(f"model variables with no official key: {sorted(ours)}")
+    return out

@@ -1,0 +1,74 @@
+"""Reading PyTorch (.pth/.pt/.bin) and safetensors checkpoints into numpy arrays."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit; the message says why."""
+
+
+def _tensor_to_numpy(key: str, value, path) -> np.ndarray:
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise CheckpointError(
+            f"{path}: state_dict entry {key!r} is a {type(value).__name__}, expected a tensor"
+        )
+    value = value.detach().cpu()
+    if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+        value = value.float()
+    return value.numpy()
+
+
+def _unwrap(obj, path) -> dict:
+    """The state_dict inside an mmengine / FAIR / plain checkpoint object."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"{path}: holds a {type(obj).__name__}, expected a state_dict or a dict with "
+            "'state_dict' (mmengine) or 'model' (FAIR release)"
+        )
+    for wrapper in ("state_dict", "model"):
+        if wrapper in obj and isinstance(obj[wrapper], dict):
+            return obj[wrapper]
+    return obj
+
+
+def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """Every tensor of a checkpoint file as numpy, keyed by its state_dict name.
+
+    ``.safetensors`` files are read without torch. Anything else is opened with
+    ``torch.load(..., weights_only=True)``, which refuses to run pickled code.
+
+    Raises:
+      CheckpointError: the file is missing, unreadable, or holds no state_dict.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        try:
+            return dict(load_file(str(path)))
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: reading PyTorch checkpoints needs torch "
+            "(pip install 'asanet-jax[torch]'), or give a .safetensors file"
+        ) from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+    state = _unwrap(obj, path)
+    if not state:
+        raise CheckpointError(f"{path}: the state_dict is empty")
+    return {k: _tensor_to_numpy(k, v, path) for k, v in state.items()}

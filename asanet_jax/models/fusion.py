@@ -1,0 +1,122 @@
+"""Cross-modal modules of ASANet: SFM (interaction) and CFM or plain sum (fusion).
+
+Attribute names follow the official ``src/layers.py`` (``FRMs``/``FFMs`` entries), so
+the converter's table stays a rename. All tensors NHWC.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from asanet_jax.models import torch_ops
+from asanet_jax.models.layers import BatchNorm, conv
+
+F32 = jnp.float32
+
+
+class SFM(nnx.Module):
+    """Semantic Focusing Module.
+
+    ``rgb' = rgb + rgb * sigmoid(f(maxpool(rgb - sar)))`` and symmetrically for SAR,
+    with ONE shared ``f`` = 1x1 conv C->max(32, C//16) -> exact GELU -> 1x1 conv ->C.
+    maxpool is a global max over H, W. Inputs and outputs: two (B, H, W, C) arrays.
+    The official ``sconv.0`` / ``sconv.2`` are ``fc1`` / ``fc2`` here.
+    """
+
+    def __init__(self, channels: int, *, dtype=F32, rngs: nnx.Rngs):
+        hidden = max(32, channels // 16)
+        self.fc1 = conv(channels, hidden, 1, dtype=dtype, rngs=rngs)
+        self.fc2 = conv(hidden, channels, 1, dtype=dtype, rngs=rngs)
+
+    def focus(self, diff: jax.Array) -> jax.Array:
+        """(B, H, W, C) difference -> (B, 1, 1, C) pre-sigmoid attention."""
+        s = jnp.max(diff, axis=(1, 2), keepdims=True)
+        return self.fc2(torch_ops.gelu(self.fc1(s)))
+
+    def __call__(self, rgb: jax.Array, sar: jax.Array) -> tuple[jax.Array, jax.Array]:
+        attn_rgb = jax.nn.sigmoid(self.focus(rgb - sar).astype(F32)).astype(rgb.dtype)
+        attn_sar = jax.nn.sigmoid(self.focus(sar - rgb).astype(F32)).astype(sar.dtype)
+        return rgb + rgb * attn_rgb, sar + sar * attn_sar
+
+
+class PooledConvBN(nnx.Module):
+    """ConvModule(1x1, no bias, BN, no activation) applied to a (B, C) vector."""
+
+    def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
+        self.conv = conv(in_features, out_features, 1, use_bias=False, dtype=dtype, rngs=rngs)
+        self.bn = BatchNorm(out_features)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.bn(self.conv(x))
+
+
+class PooledDWConv(nnx.Module):
+    """ConvModule(3x3 depthwise, padding 1, bias, ReLU6) on a 1x1 map.
+
+    With zero padding around a single pixel only the centre tap ever touches data,
+    so ``y = x * w[1, 1] + b`` is exactly the official conv. The full 3x3 kernel is
+    kept so that official weights round-trip unchanged.
+    """
+
+    def __init__(self, channels: int, *, dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.conv = conv(channels, channels, 3, padding=1, groups=channels, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        assert x.shape[1:3] == (1, 1), x.shape
+        centre = self.conv.kernel[...][1, 1, 0].astype(self.dtype)
+        y = x.astype(self.dtype) * centre + self.conv.bias[...].astype(self.dtype)
+        return jnp.clip(y, 0.0, 6.0)
+
+
+class PooledMLP(nnx.Module):
+    """CFM's MLP on the 1x1 pooled map: fc1 (C->4C, BN) -> dwconv (ReLU6) -> fc2 (4C->C, BN).
+
+    x: (B, 1, 1, C) -> (B, 1, 1, C). Its BatchNorms see one value per image and
+    channel; see ``BatchNorm`` for a global batch of one.
+    """
+
+    def __init__(self, channels: int, *, dtype, rngs: nnx.Rngs):
+        hidden = 4 * channels
+        self.fc1 = PooledConvBN(channels, hidden, dtype=dtype, rngs=rngs)
+        self.dwconv = PooledDWConv(hidden, dtype=dtype, rngs=rngs)
+        self.fc2 = PooledConvBN(hidden, channels, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(self.dwconv(self.fc1(x)))
+
+
+class CFM(nnx.Module):
+    """Cascade Fusion Module: two normed (B, H, W, C) streams -> one (B, H, W, C) map.
+
+    ``g = avgpool(catconv1([rgb, sar]))``; ``w1 = rgb * sigmoid(mlp1(g))``,
+    ``w2 = sar * sigmoid(mlp2(g))``; ``c = catconv2([w1, w2])``;
+    ``out = w1 * softmax_C(fc1(c)) + w2 * softmax_C(fc2(c))`` (softmax over channels).
+    """
+
+    def __init__(self, channels: int, *, dtype=F32, rngs: nnx.Rngs):
+        self.catconv1 = conv(2 * channels, channels, 1, dtype=dtype, rngs=rngs)
+        self.mlp1 = PooledMLP(channels, dtype=dtype, rngs=rngs)
+        self.mlp2 = PooledMLP(channels, dtype=dtype, rngs=rngs)
+        self.catconv2 = conv(2 * channels, channels, 1, dtype=dtype, rngs=rngs)
+        self.fc1 = conv(channels, channels, 1, dtype=dtype, rngs=rngs)
+        self.fc2 = conv(channels, channels, 1, dtype=dtype, rngs=rngs)
+
+    def __call__(self, rgb: jax.Array, sar: jax.Array) -> jax.Array:
+        g = self.catconv1(jnp.concatenate([rgb, sar], axis=-1))
+        g = g.astype(F32).mean(axis=(1, 2), keepdims=True).astype(g.dtype)
+        w1 = rgb * jax.nn.sigmoid(self.mlp1(g).astype(F32)).astype(rgb.dtype)
+        w2 = sar * jax.nn.sigmoid(self.mlp2(g).astype(F32)).astype(sar.dtype)
+        c = self.catconv2(jnp.concatenate([w1, w2], axis=-1))
+        a1 = jax.nn.softmax(self.fc1(c).astype(F32), axis=-1).astype(w1.dtype)
+        a2 = jax.nn.softmax(self.fc2(c).astype(F32), axis=-1).astype(w2.dtype)
+        return w1 * a1 + w2 * a2
+
+
+class SumFusion(nnx.Module):
+    """The paper's "PWA" ablation: ``rgb + sar`` (official ``SimpleFusionModule``)."""
+
+    def __call__(self, rgb: jax.Array, sar: jax.Array) -> jax.Array:
+        return rgb + sar

@@ -1,0 +1,160 @@
+"""Normalisation layers and the conv-BN-ReLU unit, with PyTorch's semantics.
+
+Norms always compute in float32, whatever the compute dtype, and return the input's
+dtype. Parameter names follow Flax (``scale``, ``bias``, ``mean``, ``var``); the
+converter's table maps them to PyTorch's.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+F32 = jnp.float32
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the channel (last) axis: mmpretrain ``LN2d`` / ``nn.LayerNorm``.
+
+    Two-pass variance in float32, as PyTorch computes it. x: (..., C) -> (..., C).
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-6):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((num_features,), F32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), F32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(F32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+class BatchNorm(nnx.Module):
+    """``nn.BatchNorm2d`` (eps 1e-5, momentum 0.1) on the last axis of NHWC input.
+
+    Training normalises with the biased batch variance and updates the running
+    variance with the unbiased one, as PyTorch does. Statistics are reduced over
+    every axis but the last of the (global) array, so under ``jax.jit`` with a
+    batch sharded over devices they are global over the batch, like SyncBN.
+
+    One value per channel (for example the CFM's MLP on 1x1 pooled maps with a
+    global batch of one image) has no batch variance: PyTorch raises there. This
+    layer instead normalises with the running statistics and leaves them
+    unchanged for that step.
+
+    Train/eval follows NNX modes: ``use_running_average`` is set by
+    ``model.eval()`` / ``model.train()``.
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1):
+        self.eps = eps
+        self.momentum = momentum
+        self.use_running_average = False
+        self.scale = nnx.Param(jnp.ones((num_features,), F32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), F32))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), F32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), F32))
+        # Kept so a round trip to the official state_dict is exact.
+        self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(F32)
+        n = x.size // x.shape[-1]
+        if self.use_running_average or n == 1:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            axes = tuple(range(x.ndim - 1))
+            mean = x32.mean(axes)
+            var = jnp.square(x32 - mean).mean(axes)
+            m = self.momentum
+            self.mean.set_value((1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean))
+            unbiased = jax.lax.stop_gradient(var) * (n / (n - 1))
+            self.var.set_value((1 - m) * self.var[...] + m * unbiased)
+            self.num_batches_tracked.set_value(self.num_batches_tracked[...] + 1)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+class GRN(nnx.Module):
+    """ConvNeXt V2 Global Response Normalisation, channel-last (mmpretrain ``GRN``).
+
+    ``gx = ||x||_2 over H, W``; ``nx = gx / (mean_C(gx) + eps)``;
+    ``y = gamma * (x * nx) + beta + x``. Computed in float32. x: (B, H, W, C).
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-6):
+        self.eps = eps
+        self.gamma = nnx.Param(jnp.zeros((num_features,), F32))
+        self.beta = nnx.Param(jnp.zeros((num_features,), F32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(F32)
+        gx = jnp.sqrt(jnp.sum(jnp.square(x32), axis=(1, 2), keepdims=True))
+        nx = gx / (gx.mean(-1, keepdims=True) + self.eps)
+        y = self.gamma[...] * (x32 * nx) + self.beta[...] + x32
+        return y.astype(x.dtype)
+
+
+def conv(
+    in_features: int,
+    out_features: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    use_bias: bool = True,
+    dtype=F32,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    """``nn.Conv2d`` on NHWC: explicit symmetric padding (never Flax's 'SAME')."""
+    return nnx.Conv(
+        in_features,
+        out_features,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        feature_group_count=groups,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=F32,
+        rngs=rngs,
+    )
+
+
+class ConvModule(nnx.Module):
+    """mmcv ``ConvModule``: conv (no bias) -> BatchNorm -> optional ReLU.
+
+    x: (B, H, W, in_features) -> (B, H', W', out_features).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int,
+        *,
+        padding: int = 0,
+        relu: bool = True,
+        dtype=F32,
+        rngs: nnx.Rngs,
+    ):
+        self.relu = relu
+        self.conv = conv(
+            in_features,
+            out_features,
+            kernel_size,
+            padding=padding,
+            use_bias=False,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.bn = BatchNorm(out_features)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.bn(self.conv(x))
+        return jax.nn.relu(x) if self.relu else x
