@@ -107,8 +107,9 @@ def load_imagenet_backbone(model, path) -> dict:
     Raises:
       CheckpointError: wrong architecture, unknown keys, or a missing backbone tensor.
     """
+    state = read_state_dict(path)  # its errors already name the file
     try:
-        return _load_imagenet(model, read_state_dict(path))
+        return _load_imagenet(model, state)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
 
@@ -146,3 +147,16 @@ def _load_imagenet(model, state: dict[str, np.ndarray]) -> dict:
         "skipped": skipped,
         "left_at_init": left,
     }
+
+
+def infer_backbone_arch(path) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(depths, channels) of an ImageNet ConvNeXt V2 checkpoint, from its shapes."""
+    from asanet_jax.convert.official import stream_arch
+
+    state = read_state_dict(path)
+    try:
+        backbone, _, _ = to_mmpretrain_names(state)
+        depths, channels, _ = stream_arch({f"x.{k}": v for k, v in backbone.items()}, "x")
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return depths, channels

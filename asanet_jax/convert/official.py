@@ -32,7 +32,8 @@ def _describe(state: dict) -> str:
     return ", ".join(list(state)[:3]) + (", ..." if len(state) > 3 else "")
 
 
-def _stream_arch(state: dict, p: str) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+def stream_arch(state: dict, p: str) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """(depths, channels, input bands) of the mmpretrain ConvNeXt under prefix ``p``."""
     n = _count(state, rf"{re.escape(p)}\.downsample_layers\.(\d+)\.\d\.weight")
     depths = tuple(
         _count(state, rf"{re.escape(p)}\.stages\.{i}\.(\d+)\.depthwise_conv\.weight")
@@ -78,8 +79,8 @@ def infer_model_config(
                 "has an optical stream (backbone.backbone.*) but no SAR stream "
                 "(backbone.backbone2.*): not an ASANet checkpoint"
             )
-        depths, channels, opt_ch = _stream_arch(state, "backbone.backbone")
-        _, _, sar_ch = _stream_arch(state, "backbone.backbone2")
+        depths, channels, opt_ch = stream_arch(state, "backbone.backbone")
+        _, _, sar_ch = stream_arch(state, "backbone.backbone2")
         cfg = {
             "modalities": "rgb+sar",
             "optical_channels": opt_ch,
@@ -88,7 +89,7 @@ def infer_model_config(
             "fusion": "cfm" if "backbone.FFMs.0.catconv1.weight" in state else "sum",
         }
     elif "backbone.downsample_layers.0.0.weight" in state:
-        depths, channels, in_ch = _stream_arch(state, "backbone")
+        depths, channels, in_ch = stream_arch(state, "backbone")
         modality = overrides.get("modalities", "rgb")
         if modality not in ("rgb", "sar"):
             raise CheckpointError(
@@ -280,8 +281,9 @@ def load_torch_checkpoint(
       CheckpointError: with a one-line reason, or the lists of unconsumed, missing
         and mismatched keys.
     """
+    state = read_state_dict(path)  # its errors already name the file
     try:
-        return load_state_dict(read_state_dict(path), model_config)
+        return load_state_dict(state, model_config)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
 

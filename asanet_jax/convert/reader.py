@@ -67,7 +67,10 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (expected a torch.save file or "
+            f".safetensors; torch.load said: {first})"
+        ) from None
     state = _unwrap(obj, path)
     if not state:
         raise CheckpointError(f"{path}: the state_dict is empty")

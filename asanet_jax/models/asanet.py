@@ -108,7 +108,7 @@ class ASANet(nnx.Module):
 
     def encode(self, rgb: jax.Array | None, sar: jax.Array | None) -> list[jax.Array]:
         """The fused map of every stage, finest first."""
-        spec, dtype = self.spec, self.spec.compute_dtype
+        spec = self.spec
         if self.optical is not None:
             self._check_input("rgb", rgb, spec.optical_channels)
         if self.sar is not None:
@@ -120,9 +120,11 @@ class ASANet(nnx.Module):
             )
         if self.fusions is None:
             stream, x = (self.optical, rgb) if self.optical is not None else (self.sar, sar)
-            return stream(jnp.asarray(x, dtype))
+            return stream(jnp.asarray(x, F32))
 
-        x_rgb, x_sar = jnp.asarray(rgb, dtype), jnp.asarray(sar, dtype)
+        # Inputs stay float32 into the (float32) stems, whose norms then hand the
+        # compute dtype to everything after.
+        x_rgb, x_sar = jnp.asarray(rgb, F32), jnp.asarray(sar, F32)
         features = []
         for i in range(len(spec.depths)):
             x_rgb = self.optical.run_stage(i, x_rgb)

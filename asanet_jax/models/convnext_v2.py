@@ -38,8 +38,10 @@ class Stem(nnx.Module):
     """4x4 stride-4 conv (bias) -> LayerNorm. (B, H, W, Cin) -> (B, H/4, W/4, C)."""
 
     def __init__(self, in_channels: int, channels: int, *, dtype, rngs: nnx.Rngs):
-        self.conv = conv(in_channels, channels, 4, stride=4, dtype=dtype, rngs=rngs)
-        self.norm = LayerNorm(channels)
+        # float32 even under bfloat16: 3 input bands make it cheap, and rounding the
+        # raw input to 8 bits of mantissa would cost accuracy for every later layer.
+        self.conv = conv(in_channels, channels, 4, stride=4, dtype=F32, rngs=rngs)
+        self.norm = LayerNorm(channels, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.norm(self.conv(x))

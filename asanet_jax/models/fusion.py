@@ -27,12 +27,13 @@ class SFM(nnx.Module):
 
     def __init__(self, channels: int, *, dtype=F32, rngs: nnx.Rngs):
         hidden = max(32, channels // 16)
-        self.fc1 = conv(channels, hidden, 1, dtype=dtype, rngs=rngs)
-        self.fc2 = conv(hidden, channels, 1, dtype=dtype, rngs=rngs)
+        # f runs on (B, 1, 1, C) pooled vectors: float32 costs nothing there.
+        self.fc1 = conv(channels, hidden, 1, dtype=F32, rngs=rngs)
+        self.fc2 = conv(hidden, channels, 1, dtype=F32, rngs=rngs)
 
     def focus(self, diff: jax.Array) -> jax.Array:
         """(B, H, W, C) difference -> (B, 1, 1, C) pre-sigmoid attention."""
-        s = jnp.max(diff, axis=(1, 2), keepdims=True)
+        s = jnp.max(diff, axis=(1, 2), keepdims=True).astype(F32)
         return self.fc2(torch_ops.gelu(self.fc1(s)))
 
     def __call__(self, rgb: jax.Array, sar: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -91,24 +92,29 @@ class PooledMLP(nnx.Module):
 class CFM(nnx.Module):
     """Cascade Fusion Module: two normed (B, H, W, C) streams -> one (B, H, W, C) map.
 
-    ``g = avgpool(catconv1([rgb, sar]))``; ``w1 = rgb * sigmoid(mlp1(g))``,
-    ``w2 = sar * sigmoid(mlp2(g))``; ``c = catconv2([w1, w2])``;
+    ``g = avgpool(catconv1([rgb, sar]))`` (computed as ``catconv1(avgpool(...))``);
+    ``w1 = rgb * sigmoid(mlp1(g))``, ``w2 = sar * sigmoid(mlp2(g))``; ``c = catconv2([w1, w2])``;
     ``out = w1 * softmax_C(fc1(c)) + w2 * softmax_C(fc2(c))`` (softmax over channels).
     """
 
     def __init__(self, channels: int, *, dtype=F32, rngs: nnx.Rngs):
-        self.catconv1 = conv(2 * channels, channels, 1, dtype=dtype, rngs=rngs)
-        self.mlp1 = PooledMLP(channels, dtype=dtype, rngs=rngs)
-        self.mlp2 = PooledMLP(channels, dtype=dtype, rngs=rngs)
+        # catconv1 only feeds the global average pool, and a 1x1 conv commutes with
+        # it: pooling first is the same function, runs on (B, 1, 1, 2C) instead of
+        # the full map, and in float32 keeps the gates exact under bfloat16.
+        self.catconv1 = conv(2 * channels, channels, 1, dtype=F32, rngs=rngs)
+        # The gate branch runs on (B, 1, 1, C) vectors: float32 costs nothing there,
+        # and its BatchNorms amplify bfloat16 rounding about tenfold.
+        self.mlp1 = PooledMLP(channels, dtype=F32, rngs=rngs)
+        self.mlp2 = PooledMLP(channels, dtype=F32, rngs=rngs)
         self.catconv2 = conv(2 * channels, channels, 1, dtype=dtype, rngs=rngs)
         self.fc1 = conv(channels, channels, 1, dtype=dtype, rngs=rngs)
         self.fc2 = conv(channels, channels, 1, dtype=dtype, rngs=rngs)
 
     def __call__(self, rgb: jax.Array, sar: jax.Array) -> jax.Array:
-        g = self.catconv1(jnp.concatenate([rgb, sar], axis=-1))
-        g = g.astype(F32).mean(axis=(1, 2), keepdims=True).astype(g.dtype)
-        w1 = rgb * jax.nn.sigmoid(self.mlp1(g).astype(F32)).astype(rgb.dtype)
-        w2 = sar * jax.nn.sigmoid(self.mlp2(g).astype(F32)).astype(sar.dtype)
+        pooled = jnp.concatenate([rgb, sar], axis=-1).astype(F32).mean((1, 2), keepdims=True)
+        g = self.catconv1(pooled)  # == avgpool(catconv1(concat)), see __init__
+        w1 = rgb * jax.nn.sigmoid(self.mlp1(g)).astype(rgb.dtype)
+        w2 = sar * jax.nn.sigmoid(self.mlp2(g)).astype(sar.dtype)
         c = self.catconv2(jnp.concatenate([w1, w2], axis=-1))
         a1 = jax.nn.softmax(self.fc1(c).astype(F32), axis=-1).astype(w1.dtype)
         a2 = jax.nn.softmax(self.fc2(c).astype(F32), axis=-1).astype(w2.dtype)

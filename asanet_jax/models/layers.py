@@ -17,11 +17,13 @@ F32 = jnp.float32
 class LayerNorm(nnx.Module):
     """LayerNorm over the channel (last) axis: mmpretrain ``LN2d`` / ``nn.LayerNorm``.
 
-    Two-pass variance in float32, as PyTorch computes it. x: (..., C) -> (..., C).
+    Two-pass variance in float32, as PyTorch computes it. x: (..., C) -> (..., C),
+    returned in ``dtype`` if given, else in the input's dtype.
     """
 
-    def __init__(self, num_features: int, *, eps: float = 1e-6):
+    def __init__(self, num_features: int, *, eps: float = 1e-6, dtype=None):
         self.eps = eps
+        self.dtype = dtype
         self.scale = nnx.Param(jnp.ones((num_features,), F32))
         self.bias = nnx.Param(jnp.zeros((num_features,), F32))
 
@@ -30,7 +32,7 @@ class LayerNorm(nnx.Module):
         mean = x32.mean(-1, keepdims=True)
         var = jnp.square(x32 - mean).mean(-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+        return (y * self.scale[...] + self.bias[...]).astype(self.dtype or x.dtype)
 
 
 class BatchNorm(nnx.Module):

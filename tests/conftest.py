@@ -1,0 +1,51 @@
+"""Shared fixtures: the golden micro fixture from the official model, in NHWC."""
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+# Parity is measured at full float32 matmul precision (TF32/bf16 passes otherwise).
+jax.config.update("jax_default_matmul_precision", "highest")
+
+GOLDEN = pathlib.Path(__file__).parent / "fixtures" / "golden_micro"
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
+
+
+def rel_l2(ours, ref) -> float:
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+
+
+@pytest.fixture(scope="session")
+def golden_io():
+    return dict(np.load(GOLDEN / "io.npz"))
+
+
+@pytest.fixture(scope="session")
+def golden_grads():
+    return dict(np.load(GOLDEN / "grads.npz"))
+
+
+@pytest.fixture(scope="session")
+def golden_checkpoint() -> pathlib.Path:
+    return GOLDEN / "checkpoint.pth"
+
+
+@pytest.fixture(scope="session")
+def golden_model(golden_checkpoint):
+    from asanet_jax.convert import load_torch_checkpoint
+
+    model, config = load_torch_checkpoint(golden_checkpoint)
+    return model, config
+
+
+@pytest.fixture(scope="session")
+def golden_state(golden_checkpoint):
+    from asanet_jax.convert import read_state_dict
+
+    return read_state_dict(golden_checkpoint)
