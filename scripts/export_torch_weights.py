@@ -1,6 +1,6 @@
 """Write a model directory as an official-format mmseg checkpoint.
 
-    python scripts/export_torch_weights.py --checkpoint ckpt/pie --output asanet_pie.pth
+python scripts/export_torch_weights.py --checkpoint ckpt/pie --output asanet_pie.pth
 """
 
 import sys
