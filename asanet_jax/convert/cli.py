@@ -157,12 +157,14 @@ def write_state_dict(state: dict[str, np.ndarray], path, meta: dict) -> None:
         if path.suffix == ".safetensors":
             from safetensors.numpy import save_file
 
-            save_file({k: np.array(v, copy=True) for k, v in state.items()}, tmp)
+            save_file({k: np.array(v, order="C", copy=True) for k, v in state.items()}, tmp)
         else:
             import torch
 
             # np.array copies: writable, contiguous, and 0-d counters stay 0-d.
-            tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}
+            tensors = {
+                k: torch.from_numpy(np.array(v, order="C", copy=True)) for k, v in state.items()
+            }
             torch.save({"meta": meta, "state_dict": tensors}, tmp)
         os.replace(tmp, path)
     except BaseException:
