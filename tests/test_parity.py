@@ -135,7 +135,7 @@ def test_loss_and_gradients_match_official(golden_model, golden_io, golden_grads
     def loss_fn(m):
         return segmentation_loss(m(x[..., :3], x[..., 3:]), golden_grads["labels"])
 
-    (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (loss, parts), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model)
     # mmseg records each loss already multiplied by its loss_weight (0.4 for aux).
     for ours, key in (
         (loss, "loss.total"),
@@ -143,6 +143,9 @@ def test_loss_and_gradients_match_official(golden_model, golden_io, golden_grads
         (0.4 * parts["aux"], "loss.aux.loss_ce"),
     ):
         ref = float(golden_grads[key])
+        print(
+            f"{key}: ours {float(ours):.7f}, official {ref:.7f}, rel {abs(float(ours) - ref) / ref:.1e}"
+        )
         assert abs(float(ours) - ref) / abs(ref) <= 1e-5, (key, float(ours), ref)
     flat = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(grads)}
     rules = segmentor_rules(model.spec.streams)
@@ -171,10 +174,11 @@ def test_bfloat16_compute_agrees_with_float32(golden_model, golden_state, golden
     model32, _ = golden_model
     model16, _ = load_state_dict(golden_state, {"dtype": "bfloat16"})
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(model16, nnx.Param)))
+    forward = nnx.jit(lambda m, a, b: m(a, b))
     for name in ("s128", "s96x136"):
         x = nhwc(golden_io[f"{name}.input"])
-        ref = np.asarray(model32(x[..., :3], x[..., 3:])["logits"])
-        out16 = model16(x[..., :3], x[..., 3:])
+        ref = np.asarray(forward(model32, x[..., :3], x[..., 3:])["logits"])
+        out16 = forward(model16, x[..., :3], x[..., 3:])
         assert out16["features"][0].dtype == jnp.bfloat16
         assert out16["logits"].dtype == jnp.float32
         ours = np.asarray(out16["logits"])
