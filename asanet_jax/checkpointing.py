@@ -22,10 +22,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from asanet_jax.models.asanet import ASANet
+from asanet_jax.models.asanet import WEIGHTS, ASANet, build_with_weights
 from asanet_jax.models.config import resolve, to_config
 
-WEIGHTS = (nnx.Param, nnx.BatchStat)
 CONFIG_FILE = "model.json"
 WEIGHTS_DIR = "weights"
 
@@ -105,34 +104,27 @@ def load_model(
     except ValueError as e:
         raise ModelCheckpointError(f"{directory}: {e}") from None
 
-    def make():
-        return ASANet(spec, rngs=nnx.Rngs(params=0, dropout=1))
+    def fill(weights):
+        target = nnx.to_pure_dict(weights)
+        with ocp.StandardCheckpointer() as ckptr:
+            on_disk = ckptr.metadata(directory / WEIGHTS_DIR).item_metadata
+            _check_shapes(directory, target, on_disk)
+            nnx.replace_by_pure_dict(weights, ckptr.restore(directory / WEIGHTS_DIR, target))
+        return weights
 
-    abstract = nnx.eval_shape(make)
-    graphdef, weights, _ = nnx.split(abstract, WEIGHTS, ...)
-    target = nnx.to_pure_dict(weights)
-    with ocp.StandardCheckpointer() as ckptr:
-        on_disk = ckptr.metadata(directory / WEIGHTS_DIR).item_metadata
-        _check_shapes(directory, target, on_disk)
-        restored = ckptr.restore(directory / WEIGHTS_DIR, target)
-    nnx.replace_by_pure_dict(weights, restored)
-    rest = jax.jit(lambda: nnx.split(make(), WEIGHTS, ...)[2])()
-    model = nnx.merge(graphdef, weights, rest)
-    model.eval()
+    model = build_with_weights(spec, fill)
     return model, to_config(spec), meta
 
 
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/"): tuple(v.shape) for path, v in leaves
+    }
+
+
 def _check_shapes(directory, target, on_disk) -> None:
-    want = {
-        "/".join(map(str, p)): tuple(v.shape)
-        for p, v in jax.tree_util.tree_flatten_with_path(target)[0]
-        for p in [[getattr(k, "key", getattr(k, "idx", k)) for k in p]]
-    }
-    have = {
-        "/".join(map(str, p)): tuple(v.shape)
-        for p, v in jax.tree_util.tree_flatten_with_path(on_disk)[0]
-        for p in [[getattr(k, "key", getattr(k, "idx", k)) for k in p]]
-    }
+    want, have = _shapes(target), _shapes(on_disk)
     missing = sorted(set(want) - set(have))
     extra = sorted(set(have) - set(want))
     bad = sorted(

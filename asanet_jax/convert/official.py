@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import re
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -14,10 +13,8 @@ from flax import nnx
 from asanet_jax.convert.layout import official_layout
 from asanet_jax.convert.mapping import map_key, segmentor_rules
 from asanet_jax.convert.reader import CheckpointError, read_state_dict
-from asanet_jax.models.asanet import ASANet
+from asanet_jax.models.asanet import WEIGHTS, ASANet, build_with_weights
 from asanet_jax.models.config import ModelSpec, resolve, to_config
-
-WEIGHTS = (nnx.Param, nnx.BatchStat)
 
 
 def _count(state: dict, pattern: str) -> int:
@@ -219,35 +216,28 @@ def set_weights(model: nnx.Module, values: dict[str, np.ndarray]) -> None:
         current[k].set_value(jnp.asarray(v, dtype=current[k].dtype))
 
 
-def model_from_values(spec: ModelSpec, values: dict[str, np.ndarray], *, seed: int = 0) -> ASANet:
-    """A model whose every weight comes from ``values``, without a random init of them."""
+def model_from_values(spec: ModelSpec, values: dict[str, np.ndarray]) -> ASANet:
+    """A model (eval mode) whose every weight comes from ``values``; strict."""
 
-    def make():
-        return ASANet(spec, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
-
-    graphdef, weights, _ = nnx.split(nnx.eval_shape(make), WEIGHTS, ...)
-    flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(weights)}
-    missing = sorted(set(flat) - set(values))
-    unknown = sorted(set(values) - set(flat))
-    bad = sorted(
-        f"{k}: {tuple(values[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in flat.items()
-        if k in values and tuple(values[k].shape) != tuple(v.shape)
-    )
-    if missing or unknown or bad:
-        raise CheckpointError(mismatch_report(unknown, missing, bad))
-    filled = nnx.from_flat_state(
-        [
-            (
-                tuple(int(x) if x.isdigit() else x for x in k.split(".")),
-                v.replace(jnp.asarray(values[k], v.dtype)),
-            )
+    def fill(weights):
+        flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(weights)}
+        missing = sorted(set(flat) - set(values))
+        unknown = sorted(set(values) - set(flat))
+        bad = sorted(
+            f"{k}: {tuple(values[k].shape)} vs model {tuple(v.shape)}"
             for k, v in flat.items()
-        ]
-    )
-    # Only the RNG streams of dropout / drop-path remain; XLA drops the rest of init.
-    rest = jax.jit(lambda: nnx.split(make(), WEIGHTS, ...)[2])()
-    return nnx.merge(graphdef, filled, rest)
+            if k in values and tuple(values[k].shape) != tuple(v.shape)
+        )
+        if missing or unknown or bad:
+            raise CheckpointError(mismatch_report(unknown, missing, bad))
+        return nnx.from_flat_state(
+            [
+                (path, v.replace(jnp.asarray(values[".".join(map(str, path))], v.dtype)))
+                for path, v in nnx.to_flat_state(weights)
+            ]
+        )
+
+    return build_with_weights(spec, fill)
 
 
 def load_state_dict(
@@ -263,7 +253,6 @@ def load_state_dict(
     spec = resolve(config)
     check_against_layout(state, spec)
     model = model_from_values(spec, to_flax_values(state, segmentor_rules(spec.streams)))
-    model.eval()
     return model, config
 
 

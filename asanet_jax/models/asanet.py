@@ -152,6 +152,27 @@ class ASANet(nnx.Module):
         return out
 
 
+WEIGHTS = (nnx.Param, nnx.BatchStat)
+
+
+def build_with_weights(spec: ModelSpec, fill, *, seed: int = 0) -> ASANet:
+    """A model whose parameters and BatchNorm statistics come from elsewhere.
+
+    ``fill`` receives the abstract weight State (ShapeDtypeStructs) and returns it
+    with concrete values. The weights are never randomly initialised; only the
+    dropout RNG streams are created (XLA drops the rest of init). Eval mode.
+    """
+
+    def make():
+        return ASANet(spec, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+
+    graphdef, weights, _ = nnx.split(nnx.eval_shape(make), WEIGHTS, ...)
+    rest = jax.jit(lambda: nnx.split(make(), WEIGHTS, ...)[2])()
+    model = nnx.merge(graphdef, fill(weights), rest)
+    model.eval()
+    return model
+
+
 def build_model(config: ml_collections.ConfigDict | dict, *, seed: int = 0) -> ASANet:
     """A freshly initialised model in train mode from ``config.model``."""
     return ASANet(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
