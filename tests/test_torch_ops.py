@@ -91,3 +91,16 @@ def test_drop_path_drops_whole_samples():
     per_sample = y.reshape(64, -1)
     assert np.all((per_sample == 0).all(1) | (per_sample == 1 / (1 - rate)).all(1))
     assert 0.3 < (per_sample == 0).all(1).mean() < 0.7
+
+
+@pytest.mark.parametrize("shifted_sum", [True, False])
+def test_depthwise_conv_matches_grouped_conv2d(shifted_sum):
+    from asanet_jax.models.layers import depthwise_conv
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 9, 13, 5)).astype(np.float32)
+    w = rng.normal(size=(5, 1, 7, 7)).astype(np.float32)
+    ref = F.conv2d(_nchw(x), torch.from_numpy(w), padding=3, groups=5)
+    kernel = np.transpose(w, (2, 3, 1, 0))  # the converter's OIHW -> HWIO
+    ours = depthwise_conv(x, kernel, shifted_sum=shifted_sum)
+    np.testing.assert_allclose(np.asarray(ours), _nhwc(ref), atol=1e-5)

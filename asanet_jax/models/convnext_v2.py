@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from asanet_jax.models import torch_ops
-from asanet_jax.models.layers import GRN, LayerNorm, conv
+from asanet_jax.models.layers import GRN, DepthwiseConv, LayerNorm, conv
 
 F32 = jnp.float32
 
@@ -63,9 +63,7 @@ class Block(nnx.Module):
 
     def __init__(self, channels: int, drop_path_rate: float, *, dtype, rngs: nnx.Rngs):
         self.dtype = dtype
-        self.depthwise_conv = conv(
-            channels, channels, 7, padding=3, groups=channels, dtype=dtype, rngs=rngs
-        )
+        self.depthwise_conv = DepthwiseConv(channels, 7, dtype=dtype, rngs=rngs)
         self.norm = LayerNorm(channels)
         self.pointwise_conv1 = nnx.Linear(
             channels, 4 * channels, dtype=dtype, param_dtype=F32, rngs=rngs

@@ -101,6 +101,58 @@ class GRN(nnx.Module):
         return y.astype(x.dtype)
 
 
+def depthwise_conv(x: jax.Array, kernel: jax.Array, *, shifted_sum: bool | None = None):
+    """Depthwise 'same' conv of odd size k, no bias, in ``x``'s dtype.
+
+    Args:
+      x: (B, H, W, C); kernel: (k, k, 1, C), nnx.Conv's layout.
+      shifted_sum: compute as a float32 sum of k*k shifted products (inputs rounded
+        to x's dtype first, as a convolution accumulates) instead of XLA's grouped
+        convolution. On CPU the grouped convolution runs ~25x slower, so None picks
+        the shifted sum there and the library convolution elsewhere (GPU, TPU).
+    Returns:
+      (B, H, W, C).
+    """
+    k = kernel.shape[0]
+    pad = k // 2
+    kernel = kernel.astype(x.dtype)
+    if shifted_sum is None:
+        shifted_sum = jax.default_backend() == "cpu"
+    if not shifted_sum:
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (1, 1),
+            ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x.shape[-1],
+        )
+    h, w = x.shape[1], x.shape[2]
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))).astype(F32)
+    k32 = kernel.astype(F32)
+    y = sum(xp[:, i : i + h, j : j + w, :] * k32[i, j, 0] for i in range(k) for j in range(k))
+    return y.astype(x.dtype)
+
+
+class DepthwiseConv(nnx.Module):
+    """``nn.Conv2d(C, C, k, padding=k // 2, groups=C)`` on NHWC (see ``depthwise_conv``).
+
+    Parameters are nnx.Conv's (``kernel`` (k, k, 1, C), ``bias`` (C,)), so weights
+    convert the same way. x: (B, H, W, C) -> (B, H, W, C).
+    """
+
+    def __init__(self, channels: int, kernel_size: int, *, dtype=F32, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.kernel = nnx.Param(
+            nnx.initializers.lecun_normal()(rngs.params(), (kernel_size, kernel_size, 1, channels))
+        )
+        self.bias = nnx.Param(jnp.zeros((channels,), F32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = depthwise_conv(x.astype(self.dtype), self.kernel[...])
+        return y + self.bias[...].astype(self.dtype)
+
+
 def conv(
     in_features: int,
     out_features: int,
