@@ -104,3 +104,24 @@ def test_depthwise_conv_matches_grouped_conv2d(shifted_sum):
     kernel = np.transpose(w, (2, 3, 1, 0))  # the converter's OIHW -> HWIO
     ours = depthwise_conv(x, kernel, shifted_sum=shifted_sum)
     np.testing.assert_allclose(np.asarray(ours), _nhwc(ref), atol=1e-5)
+
+
+def test_depthwise_conv_gradients_match_torch():
+    from asanet_jax.models.layers import depthwise_conv
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 6, 5, 3)).astype(np.float32)
+    w = rng.normal(size=(3, 1, 7, 7)).astype(np.float32)
+    g = rng.normal(size=(2, 6, 5, 3)).astype(np.float32)
+    xt, wt = _nchw(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
+    (F.conv2d(xt, wt, padding=3, groups=3) * _nchw(g)).sum().backward()
+    kernel = np.transpose(w, (2, 3, 1, 0))
+    for shifted_sum in (True, False):
+        dx, dk = jax.grad(
+            lambda a, k, s=shifted_sum: (depthwise_conv(a, k, shifted_sum=s) * g).sum(),
+            argnums=(0, 1),
+        )(x, kernel)
+        np.testing.assert_allclose(np.asarray(dx), _nhwc(xt.grad), atol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray(dk), np.transpose(wt.grad.numpy(), (2, 3, 1, 0)), atol=1e-4
+        )

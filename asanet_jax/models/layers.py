@@ -127,11 +127,47 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, shifted_sum: bool | None 
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=x.shape[-1],
         )
-    h, w = x.shape[1], x.shape[2]
+    return _shifted_sum_conv(x, kernel)
+
+
+def _shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    k = kernel.shape[0]
+    pad, h, w = k // 2, x.shape[1], x.shape[2]
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))).astype(F32)
     k32 = kernel.astype(F32)
     y = sum(xp[:, i : i + h, j : j + w, :] * k32[i, j, 0] for i in range(k) for j in range(k))
     return y.astype(x.dtype)
+
+
+@jax.custom_vjp
+def _shifted_sum_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return _shifted_sum(x, kernel)
+
+
+def _shifted_sum_fwd(x, kernel):
+    return _shifted_sum(x, kernel), (x, kernel)
+
+
+def _shifted_sum_bwd(res, g):
+    # Autodiff of the shifted sum materialises k*k padded copies of the input
+    # (~8 GB for one tiny training step at batch 2); these closed forms stream.
+    x, kernel = res
+    k = kernel.shape[0]
+    pad, h, w = k // 2, x.shape[1], x.shape[2]
+    # d/dx of a correlation is the correlation of g with the flipped kernel.
+    dx = _shifted_sum(g.astype(x.dtype), kernel[::-1, ::-1])
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))).astype(F32)
+    g32 = g.astype(F32)
+    taps = [
+        jnp.sum(xp[:, i : i + h, j : j + w, :] * g32, axis=(0, 1, 2))
+        for i in range(k)
+        for j in range(k)
+    ]
+    dk = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+    return dx, dk
+
+
+_shifted_sum_conv.defvjp(_shifted_sum_fwd, _shifted_sum_bwd)
 
 
 class DepthwiseConv(nnx.Module):

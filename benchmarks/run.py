@@ -1,0 +1,284 @@
+"""Side-by-side speed of ASANet-tiny at 256x256: ours (JAX) against PyTorch.
+
+    make bench                                   # full suite, this machine
+    python -m benchmarks.run --infer-batches 1,8 --train-batches 8 --repeats 3
+
+Every case runs in a fresh process, so peak memory is its own: resident set size on
+CPU, the accelerator's peak allocation on a GPU. Each case compiles ahead of time
+(JAX: ``jit(...).lower().compile()``; PyTorch on GPU: ``torch.compile``), warms up,
+blocks until ready, and reports the median of repeated runs. Results go to
+``benchmarks/results/<platform>.json`` and ``.md``.
+
+Cases: inference at batch 1, 8 and 64 and one training step (forward, backward,
+AdamW update) at batch 8 and 32. Ours in float32 and bfloat16 compute; PyTorch in
+float32 and AMP (bfloat16 autocast on CPU, float16 with a loss scaler on GPU), in
+channels_last memory format. Both models are randomly initialised with the same
+architecture (82,904,764 parameters); speed does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+SIZE = 256
+NUM_CLASSES = 6
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def run_jax(mode: str, precision: str, batch: int, repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from asanet_jax.losses import segmentation_loss
+    from asanet_jax.models import ASANet
+
+    dtype = {"fp32": "float32", "bf16": "bfloat16"}[precision]
+    model = ASANet({"dtype": dtype}, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    rgb = jnp.asarray(rng.normal(size=(batch, SIZE, SIZE, 3)), jnp.float32)
+    sar = jnp.asarray(rng.normal(size=(batch, SIZE, SIZE, 3)), jnp.float32)
+    if mode == "infer":
+        model.eval()
+        graphdef, state = nnx.split(model)
+
+        def forward(state, rgb, sar):
+            return nnx.merge(graphdef, state)(rgb, sar)["logits"]
+
+        compiled = jax.jit(forward).lower(state, rgb, sar).compile()
+
+        def step():
+            jax.block_until_ready(compiled(state, rgb, sar))
+
+    else:
+        labels = jnp.asarray(rng.integers(0, NUM_CLASSES, size=(batch, SIZE, SIZE)), jnp.int32)
+        model.train()
+        tx = optax.adamw(1e-4, b1=0.9, b2=0.999, weight_decay=0.05)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        opt_state = tx.init(params)
+
+        def train_step(params, rest, opt_state, rgb, sar, labels):
+            model = nnx.merge(graphdef, params, rest)
+
+            def loss_fn(m):
+                return segmentation_loss(m(rgb, sar), labels)[0]
+
+            loss, grads = nnx.value_and_grad(loss_fn)(model)  # w.r.t. nnx.Param
+            updates, opt_state = tx.update(grads, opt_state, params)
+            _, _, rest = nnx.split(model, nnx.Param, ...)  # BN statistics, RNG counts
+            return optax.apply_updates(params, updates), rest, opt_state, loss
+
+        compiled = (
+            jax.jit(train_step, donate_argnums=(0, 1, 2))
+            .lower(params, rest, opt_state, rgb, sar, labels)
+            .compile()
+        )
+        carry = [params, rest, opt_state]
+
+        def step():
+            p, r, o, loss = compiled(*carry, rgb, sar, labels)
+            carry[:] = [p, r, o]
+            jax.block_until_ready(loss)
+
+    step()  # warm-up
+    times = _timed(step, repeats)
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    peak = stats["peak_bytes_in_use"] / 2**20 if stats else _peak_rss_mb()
+    return {"times_s": times, "peak_memory_mb": peak, "device": device.device_kind}
+
+
+def run_torch(mode: str, precision: str, batch: int, repeats: int) -> dict:
+    import torch
+
+    from benchmarks.torch_asanet import TorchASANet, loss
+
+    cuda = torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    torch.manual_seed(0)
+    model = TorchASANet().to(dev).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 6, SIZE, SIZE, device=dev).to(memory_format=torch.channels_last)
+    amp_dtype = torch.float16 if cuda else torch.bfloat16
+    autocast = torch.autocast(dev.type, dtype=amp_dtype, enabled=precision == "amp")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    fwd = torch.compile(model) if cuda else model
+    if mode == "infer":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast:
+                fwd(x)["logits"]
+            sync()
+
+    else:
+        model.train()
+        labels = torch.randint(0, NUM_CLASSES, (batch, SIZE, SIZE), device=dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+        scaler = torch.amp.GradScaler(enabled=cuda and precision == "amp")
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with autocast:
+                total = loss(fwd(x), labels)
+            scaler.scale(total).backward()
+            scaler.step(opt)
+            scaler.update()
+            sync()
+
+    step()  # warm-up (and compilation on GPU)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = _timed(step, repeats)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
+    name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
+    return {"times_s": times, "peak_memory_mb": peak, "device": name}
+
+
+def run_case(case: str, repeats: int) -> dict:
+    framework, mode, precision, batch = case.split(":")
+    fn = run_jax if framework == "jax" else run_torch
+    out = fn(mode, precision, int(batch), repeats)
+    median = statistics.median(out["times_s"])
+    return {
+        "framework": framework,
+        "mode": mode,
+        "precision": precision,
+        "batch": int(batch),
+        "median_s": median,
+        "images_per_s": int(batch) / median,
+        **out,
+    }
+
+
+def cases(infer: list[int], train: list[int]) -> list[str]:
+    out = []
+    for mode, batches in (("infer", infer), ("train", train)):
+        for batch in batches:
+            for framework, precisions in (("jax", ("fp32", "bf16")), ("torch", ("fp32", "amp"))):
+                out += [f"{framework}:{mode}:{p}:{batch}" for p in precisions]
+    return out
+
+
+def environment() -> dict:
+    import flax
+    import jax
+    import torch
+
+    with open("/proc/cpuinfo") as f:
+        models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    cpu = models[0] if models else platform.processor()
+    return {
+        "cpu": cpu,
+        "cpu_cores": __import__("os").cpu_count(),
+        "accelerator": jax.devices()[0].device_kind if jax.default_backend() != "cpu" else None,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def table(results: list[dict], env: dict) -> str:
+    by_key = {(r["mode"], r["batch"], r["framework"], r["precision"]): r for r in results}
+    lines = [
+        f"ASANet-tiny, {SIZE}x{SIZE}, images/s (median) and peak memory (MB). "
+        f"Machine: {env['accelerator'] or env['cpu']} ({env['cpu_cores']} CPU cores); "
+        f"jax {env['jax']}, flax {env['flax']}, torch {env['torch']}.",
+        "",
+        "| mode | batch | ours fp32 | ours bf16 | torch fp32 | torch AMP "
+        "| fp32 ratio | bf16/AMP ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for mode, batch in sorted({(r["mode"], r["batch"]) for r in results}):
+        row = [
+            by_key.get((mode, batch, f, p))
+            for f, p in (("jax", "fp32"), ("jax", "bf16"), ("torch", "fp32"), ("torch", "amp"))
+        ]
+        cells = [f"{r['images_per_s']:.2f} ({r['peak_memory_mb']:.0f})" if r else "-" for r in row]
+        ratio = lambda a, b: f"{a['images_per_s'] / b['images_per_s']:.2f}x" if a and b else "-"  # noqa: E731
+        lines.append(
+            f"| {mode} | {batch} | "
+            + " | ".join(cells)
+            + f" | {ratio(row[0], row[2])} | {ratio(row[1], row[3])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--infer-batches", default="1,8,64", help="comma-separated")
+    p.add_argument("--train-batches", default="8,32", help="comma-separated")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", help="comma-separated substrings a case must contain, e.g. infer,jax")
+    p.add_argument("--case", help=argparse.SUPPRESS)  # one case, in this process
+    args = p.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.repeats)))
+        return
+    env = environment()
+    todo = [
+        c for c in cases(args.quick) if not args.only or all(s in c for s in args.only.split(","))
+    ]
+    results, start = [], time.perf_counter()
+    for i, case in enumerate(todo, 1):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.run",
+                "--case",
+                case,
+                "--repeats",
+                str(args.repeats),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            print(f"[{i}/{len(todo)}] {case}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(result)
+        elapsed = time.perf_counter() - start
+        eta = elapsed / i * (len(todo) - i)
+        print(
+            f"[{i}/{len(todo)}] {case}: {result['images_per_s']:.2f} images/s, "
+            f"peak {result['peak_memory_mb']:.0f} MB  (elapsed {elapsed:.0f}s, ETA {eta:.0f}s)",
+            flush=True,
+        )
+    name = "gpu" if env["accelerator"] else "cpu"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"environment": env, "results": results}, indent=2) + "\n"
+    )
+    (RESULTS / f"{name}.md").write_text(table(results, env))
+    print(table(results, env))
+    print(f"wrote {RESULTS / name}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
