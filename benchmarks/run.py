@@ -240,8 +240,11 @@ def main() -> None:
         print(json.dumps(run_case(args.case, args.repeats)))
         return
     env = environment()
+    infer, train = (
+        [int(b) for b in a.split(",") if b] for a in (args.infer_batches, args.train_batches)
+    )
     todo = [
-        c for c in cases(args.quick) if not args.only or all(s in c for s in args.only.split(","))
+        c for c in cases(infer, train) if not args.only or all(s in c for s in args.only.split(","))
     ]
     results, start = [], time.perf_counter()
     for i, case in enumerate(todo, 1):
