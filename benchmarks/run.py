@@ -231,7 +231,11 @@ def table(results: list[dict], env: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--infer-batches", default="1,8,64", help="comma-separated")
-    p.add_argument("--train-batches", default="8,32", help="comma-separated")
+    p.add_argument(
+        "--train-batches",
+        help="comma-separated; default 8,32 on a GPU and 8 on a CPU, where batch-32 "
+        "training needs more memory than a 24 GB machine has in either framework",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", help="comma-separated substrings a case must contain, e.g. infer,jax")
     p.add_argument("--case", help=argparse.SUPPRESS)  # one case, in this process
@@ -240,6 +244,8 @@ def main() -> None:
         print(json.dumps(run_case(args.case, args.repeats)))
         return
     env = environment()
+    if args.train_batches is None:
+        args.train_batches = "8,32" if env["accelerator"] else "8"
     infer, train = (
         [int(b) for b in a.split(",") if b] for a in (args.infer_batches, args.train_batches)
     )
