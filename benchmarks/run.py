@@ -233,8 +233,8 @@ def main() -> None:
     p.add_argument("--infer-batches", default="1,8,64", help="comma-separated")
     p.add_argument(
         "--train-batches",
-        help="comma-separated; default 8,32 on a GPU and 8 on a CPU, where batch-32 "
-        "training needs more memory than a 24 GB machine has in either framework",
+        help="comma-separated; default 8,32 on a GPU and 8 on a CPU, where our batch-8 "
+        "step already peaks near 19 GB",
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", help="comma-separated substrings a case must contain, e.g. infer,jax")
