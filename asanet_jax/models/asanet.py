@@ -28,8 +28,8 @@ class ASANet(nnx.Module):
     sar_channels), H and W at least 32. It returns a dict:
 
     - ``logits``: (B, H, W, K) float32, decode logits bilinearly resized to input size;
-    - ``decode_logits``: (B, ceil-ish H/4, W/4, K) float32, the UPerNet output;
-    - ``aux_logits``: (B, ~H/16, ~W/16, K) float32, when the aux head exists;
+    - ``decode_logits``: (B, H // 4, W // 4, K) float32, the UPerNet output;
+    - ``aux_logits``: (B, H // 16, W // 16, K) float32 (map ``aux_in_index``), if present;
     - ``features``: the fused map of every stage (strides 4..32), compute dtype.
 
     Dropout, drop-path and BatchNorm statistics follow NNX's ``model.train()`` /
