@@ -22,6 +22,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from asanet_jax.convert.official import check_fit
+from asanet_jax.convert.reader import CheckpointError
 from asanet_jax.models.asanet import WEIGHTS, ASANet, build_with_weights
 from asanet_jax.models.config import resolve, to_config
 
@@ -124,18 +126,9 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
 
 
 def _check_shapes(directory, target, on_disk) -> None:
-    want, have = _shapes(target), _shapes(on_disk)
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    bad = sorted(
-        f"{k}: stored {have[k]} vs config {want[k]}"
-        for k in set(want) & set(have)
-        if want[k] != have[k]
-    )
-    if missing or extra or bad:
-        lines = [f"{directory}: the stored weights do not fit the model config"]
-        for title, items in (("missing", missing), ("unexpected", extra), ("shape mismatch", bad)):
-            if items:
-                lines.append(f"  {title}: {len(items)}")
-                lines += [f"    {x}" for x in items[:20]]
-        raise ModelCheckpointError("\n".join(lines))
+    try:
+        check_fit(_shapes(target), _shapes(on_disk), all_required=True)  # unknown = stored only
+    except CheckpointError as e:
+        raise ModelCheckpointError(
+            f"{directory}: the stored weights do not fit the model config; {e}"
+        ) from None

@@ -201,17 +201,28 @@ def flat_weights(model: nnx.Module) -> dict[str, nnx.Variable]:
     return {".".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
 
 
+def check_fit(model: dict[str, tuple], given: dict[str, tuple], *, all_required: bool) -> None:
+    """Raise, listing the mismatches, unless the ``given`` shapes fit the ``model``'s.
+
+    Both map variable names to shapes. Every given name must be a model variable of
+    the same shape; with ``all_required`` every model variable must also be given.
+    """
+    unknown = sorted(set(given) - set(model))
+    missing = sorted(set(model) - set(given)) if all_required else []
+    bad = sorted(
+        f"{k}: {tuple(s)} vs model {tuple(model[k])}"
+        for k, s in given.items()
+        if k in model and tuple(s) != tuple(model[k])
+    )
+    if unknown or missing or bad:
+        raise CheckpointError(mismatch_report(unknown, missing, bad))
+
+
 def set_weights(model: nnx.Module, values: dict[str, np.ndarray]) -> None:
     """Overwrite the named variables in place; every name and shape must exist in the model."""
     current = flat_weights(model)
-    unknown = sorted(set(values) - set(current))
-    bad = sorted(
-        f"{k}: {tuple(np.shape(v))} vs model {tuple(current[k].shape)}"
-        for k, v in values.items()
-        if k in current and tuple(np.shape(v)) != tuple(current[k].shape)
-    )
-    if unknown or bad:
-        raise CheckpointError(mismatch_report(unknown, [], bad))
+    given = {k: np.shape(v) for k, v in values.items()}
+    check_fit({k: v.shape for k, v in current.items()}, given, all_required=False)
     for k, v in values.items():
         current[k].set_value(jnp.asarray(v, dtype=current[k].dtype))
 
@@ -220,21 +231,11 @@ def model_from_values(spec: ModelSpec, values: dict[str, np.ndarray]) -> ASANet:
     """A model (eval mode) whose every weight comes from ``values``; strict."""
 
     def fill(weights):
-        flat = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(weights)}
-        missing = sorted(set(flat) - set(values))
-        unknown = sorted(set(values) - set(flat))
-        bad = sorted(
-            f"{k}: {tuple(values[k].shape)} vs model {tuple(v.shape)}"
-            for k, v in flat.items()
-            if k in values and tuple(values[k].shape) != tuple(v.shape)
-        )
-        if missing or unknown or bad:
-            raise CheckpointError(mismatch_report(unknown, missing, bad))
+        flat = [(".".join(map(str, p)), p, v) for p, v in nnx.to_flat_state(weights)]
+        given = {k: np.shape(v) for k, v in values.items()}
+        check_fit({name: v.shape for name, _, v in flat}, given, all_required=True)
         return nnx.from_flat_state(
-            [
-                (path, v.replace(jnp.asarray(values[".".join(map(str, path))], v.dtype)))
-                for path, v in nnx.to_flat_state(weights)
-            ]
+            [(path, v.replace(jnp.asarray(values[name], v.dtype))) for name, path, v in flat]
         )
 
     return build_with_weights(spec, fill)
