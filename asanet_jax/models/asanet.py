@@ -56,9 +56,7 @@ class ASANet(nnx.Module):
         self.sar = stream("sar") if "sar" in spec.streams else None
         two = len(spec.streams) == 2
         self.sfms = (
-            nnx.List([SFM(c, dtype=dtype, rngs=rngs) for c in spec.channels])
-            if two and spec.sfm
-            else None
+            nnx.List([SFM(c, rngs=rngs) for c in spec.channels]) if two and spec.sfm else None
         )
         if two:
             fuse = (

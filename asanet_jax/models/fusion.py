@@ -25,9 +25,10 @@ class SFM(nnx.Module):
     The official ``sconv.0`` / ``sconv.2`` are ``fc1`` / ``fc2`` here.
     """
 
-    def __init__(self, channels: int, *, dtype=F32, rngs: nnx.Rngs):
+    def __init__(self, channels: int, *, rngs: nnx.Rngs):
         hidden = max(32, channels // 16)
-        # f runs on (B, 1, 1, C) pooled vectors: float32 costs nothing there.
+        # f runs on (B, 1, 1, C) pooled vectors: float32 costs nothing there, whatever
+        # the compute dtype of the streams.
         self.fc1 = conv(channels, hidden, 1, dtype=F32, rngs=rngs)
         self.fc2 = conv(hidden, channels, 1, dtype=F32, rngs=rngs)
 
@@ -43,7 +44,7 @@ class SFM(nnx.Module):
 
 
 class PooledConvBN(nnx.Module):
-    """ConvModule(1x1, no bias, BN, no activation) applied to a (B, C) vector."""
+    """ConvModule(1x1, no bias, BN, no activation) on a (B, 1, 1, C) pooled map."""
 
     def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
         self.conv = conv(in_features, out_features, 1, use_bias=False, dtype=dtype, rngs=rngs)
