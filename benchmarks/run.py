@@ -281,6 +281,13 @@ def main() -> None:
         )
     name = "gpu" if env["accelerator"] else "cpu"
     RESULTS.mkdir(exist_ok=True)
+    previous = RESULTS / f"{name}.json"
+    if args.only and previous.exists():
+        # A partial re-run replaces its own cases and keeps the others.
+        key = lambda r: (r["framework"], r["mode"], r["precision"], r["batch"])  # noqa: E731
+        fresh = {key(r) for r in results}
+        kept = [r for r in json.loads(previous.read_text())["results"] if key(r) not in fresh]
+        results = sorted(kept + results, key=lambda r: (r["mode"], r["batch"], r["framework"]))
     (RESULTS / f"{name}.json").write_text(
         json.dumps({"environment": env, "results": results}, indent=2) + "\n"
     )

@@ -149,21 +149,22 @@ def _shifted_sum_fwd(x, kernel):
 
 
 def _shifted_sum_bwd(res, g):
-    # Autodiff of the shifted sum materialises k*k padded copies of the input
-    # (~8 GB for one tiny training step at batch 2); these closed forms stream.
+    # Closed forms: dx is one more shifted sum; dk is one reduction per tap, taken
+    # one tap at a time. Unrolled, XLA kept all k*k products alive: a tiny training
+    # step at batch 2 needed 3.6 GB of temporaries, against 1.55 GB this way.
     x, kernel = res
     k = kernel.shape[0]
-    pad, h, w = k // 2, x.shape[1], x.shape[2]
+    pad = k // 2
     # d/dx of a correlation is the correlation of g with the flipped kernel.
     dx = _shifted_sum(g.astype(x.dtype), kernel[::-1, ::-1])
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))).astype(F32)
     g32 = g.astype(F32)
-    taps = [
-        jnp.sum(xp[:, i : i + h, j : j + w, :] * g32, axis=(0, 1, 2))
-        for i in range(k)
-        for j in range(k)
-    ]
-    dk = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+
+    def tap(t):
+        window = jax.lax.dynamic_slice(xp, (0, t // k, t % k, 0), g32.shape)
+        return jnp.sum(window * g32, axis=(0, 1, 2))
+
+    dk = jax.lax.map(tap, jnp.arange(k * k)).reshape(kernel.shape).astype(kernel.dtype)
     return dx, dk
 
 
