@@ -234,7 +234,7 @@ def main() -> None:
     p.add_argument(
         "--train-batches",
         help="comma-separated; default 8,32 on a GPU and 8 on a CPU, where our batch-8 "
-        "step already peaks near 19 GB",
+        "step already peaks near 11 GB",
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", help="comma-separated substrings a case must contain, e.g. infer,jax")
