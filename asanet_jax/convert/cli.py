@@ -14,10 +14,10 @@ import numpy as np
 
 from asanet_jax import __version__
 from asanet_jax.checkpointing import ModelCheckpointError, load_model, save_model
-from asanet_jax.convert.imagenet import infer_backbone_arch, load_imagenet_backbone
+from asanet_jax.convert.imagenet import imagenet_arch, init_from_imagenet
 from asanet_jax.convert.mapping import MAPPING_VERSION
 from asanet_jax.convert.official import export_state_dict, load_torch_checkpoint
-from asanet_jax.convert.reader import CheckpointError
+from asanet_jax.convert.reader import CheckpointError, read_state_dict
 from asanet_jax.models.asanet import ASANet
 from asanet_jax.models.config import default_model_config, resolve
 
@@ -53,15 +53,16 @@ def convert(args) -> pathlib.Path:
     else:
         from flax import nnx
 
-        depths, channels = infer_backbone_arch(src)
-        cfg = default_model_config().to_dict()
-        cfg.update(depths=depths, channels=channels, **overrides)
+        state = read_state_dict(src)  # read once: the checkpoint may be large
         try:
+            depths, channels = imagenet_arch(state)
+            cfg = default_model_config().to_dict()
+            cfg.update(depths=depths, channels=channels, **overrides)
             spec = resolve(cfg)
-        except ValueError as e:
-            raise CheckpointError(str(e)) from None
-        model = ASANet(spec, rngs=nnx.Rngs(params=args.seed, dropout=args.seed + 1))
-        report = load_imagenet_backbone(model, src)
+            model = ASANet(spec, rngs=nnx.Rngs(params=args.seed, dropout=args.seed + 1))
+            report = init_from_imagenet(model, state)
+        except (CheckpointError, ValueError) as e:
+            raise CheckpointError(f"{src}: {e}") from None
         model.eval()
     metadata = {
         "source": {

@@ -22,7 +22,7 @@ import numpy as np
 
 from asanet_jax.convert.layout import convnext_layout
 from asanet_jax.convert.mapping import stream_rules
-from asanet_jax.convert.official import mismatch_report, set_weights, to_flax_values
+from asanet_jax.convert.official import mismatch_report, set_weights, stream_arch, to_flax_values
 from asanet_jax.convert.reader import CheckpointError, read_state_dict
 
 _FAIR_RENAMES = [
@@ -109,13 +109,15 @@ def load_imagenet_backbone(model, path) -> dict:
     """
     state = read_state_dict(path)  # its errors already name the file
     try:
-        return _load_imagenet(model, state)
+        return init_from_imagenet(model, state)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def _load_imagenet(model, state: dict[str, np.ndarray]) -> dict:
+def init_from_imagenet(model, state: dict[str, np.ndarray]) -> dict:
+    """``load_imagenet_backbone`` for a state_dict already in memory."""
     backbone, skipped, fmt = to_mmpretrain_names(state)
+    prefixed = {f"x.{k}": v for k, v in backbone.items()}
     spec = model.spec
     n = len(spec.depths)
     may_lack = {f"norm{i}.{p}" for i in range(n - 1) for p in ("weight", "bias")}
@@ -137,7 +139,6 @@ def _load_imagenet(model, state: dict[str, np.ndarray]) -> dict:
                 f"input bands):\n" + mismatch_report(unconsumed, missing, mismatched)
             )
         left += [f"{name}.{k}" for k in sorted(set(layout) - set(backbone))]
-        prefixed = {f"x.{k}": v for k, v in backbone.items()}
         values.update(to_flax_values(prefixed, stream_rules("x", name)))
     set_weights(model, values)
     return {
@@ -149,14 +150,8 @@ def _load_imagenet(model, state: dict[str, np.ndarray]) -> dict:
     }
 
 
-def infer_backbone_arch(path) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(depths, channels) of an ImageNet ConvNeXt V2 checkpoint, from its shapes."""
-    from asanet_jax.convert.official import stream_arch
-
-    state = read_state_dict(path)
-    try:
-        backbone, _, _ = to_mmpretrain_names(state)
-        depths, channels, _ = stream_arch({f"x.{k}": v for k, v in backbone.items()}, "x")
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+def imagenet_arch(state: dict[str, np.ndarray]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(depths, channels) of an ImageNet ConvNeXt V2 state_dict, from its shapes."""
+    backbone, _, _ = to_mmpretrain_names(state)
+    depths, channels, _ = stream_arch({f"x.{k}": v for k, v in backbone.items()}, "x")
     return depths, channels
