@@ -1,0 +1,121 @@
+"""The record every RGB-SAR TFDS builder writes, and the checks every example passes.
+
+One example holds the optical image and the SAR image as stored (all bands, source dtype,
+file band order), the label already mapped to class ids with 255 = ignore, the file name,
+and the optical file's CRS (WKT, '' when none) and geotransform (NaNs when none). Images
+are zlib-compressed tensors, so any dtype and band count round-trips bit for bit, and
+reading them back needs no TensorFlow.
+
+TFDS writes a build into a temporary directory and renames it only when every split has
+been written, so a build that raises leaves no dataset that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from asanet_jax.data import io, specs
+
+
+def image_feature(dtype) -> tfds.features.Tensor:
+    return tfds.features.Tensor(shape=(None, None, None), dtype=dtype, encoding="zlib")
+
+
+def base_features(optical_dtype=np.uint8, sar_dtype=np.uint8, **extra) -> dict:
+    return {
+        "optical": image_feature(optical_dtype),
+        "sar": image_feature(sar_dtype),
+        "label": tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding="zlib"),
+        "file_name": tfds.features.Text(),
+        "crs": tfds.features.Text(),
+        "transform": tfds.features.Tensor(shape=(6,), dtype=np.float64),
+        **extra,
+    }
+
+
+class RgbSarBuilder(tfds.core.GeneratorBasedBuilder):
+    """Common parts of the RGB-SAR builders; subclasses list the examples of each split."""
+
+    # Subclasses set these.
+    SPEC: specs.DatasetSpec
+    OPTICAL_BANDS: tuple[int, ...] = (3,)
+    SAR_BANDS: tuple[int, ...] = (1, 3)
+
+    def dataset_spec(self) -> specs.DatasetSpec:
+        return self.SPEC
+
+    def _features(self) -> dict:
+        return base_features()
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(self._features()),
+            supervised_keys=None,
+            metadata=tfds.core.MetadataDict(spec=json.loads(self.dataset_spec().to_json())),
+        )
+
+    def manual_path(self, dl_manager) -> pathlib.Path:
+        path = pathlib.Path(dl_manager.manual_dir)
+        if not path.is_dir():
+            raise io.DataError(
+                f"{path}: manual directory not found; pass --manual_dir pointing at the "
+                f"extracted {self.name} dataset (see tfds_builders/{self.name}/README.md)"
+            )
+        return path
+
+    def read_pair(
+        self, optical_path: pathlib.Path, sar_path: pathlib.Path, label_path: pathlib.Path
+    ) -> tuple[io.Raster, io.Raster, io.Raster]:
+        """Read one example's three files, checking bands and sizes."""
+        optical = io.read_raster(optical_path)
+        sar = io.read_raster(sar_path)
+        label = io.read_raster(label_path)
+        io.check_band_count(optical_path, optical, self.OPTICAL_BANDS, "optical")
+        io.check_band_count(sar_path, sar, self.SAR_BANDS, "SAR")
+        io.check_band_count(label_path, label, (1,), "label")
+        io.check_same_size(
+            {
+                "optical": (optical_path, optical),
+                "SAR": (sar_path, sar),
+                "label": (label_path, label),
+            }
+        )
+        return optical, sar, label
+
+    def example(
+        self,
+        optical: io.Raster,
+        sar: io.Raster,
+        label: np.ndarray,
+        label_path: pathlib.Path,
+        file_name: str,
+        **extra,
+    ) -> dict:
+        """One record; `label` must already hold class ids or the ignore value."""
+        spec = self.dataset_spec()
+        valid = np.array([*range(spec.num_classes), spec.ignore_index])
+        io.check_label_values(label_path, label, valid)
+        return {
+            "optical": optical.data,
+            "sar": sar.data,
+            "label": label.astype(np.uint8),
+            "file_name": file_name,
+            "crs": optical.crs,
+            "transform": np.asarray(optical.transform, np.float64),
+            **extra,
+        }
+
+
+def require_examples(examples: Iterator, split: str, source: str) -> Iterator:
+    """Pass examples through, raising DataError if the split turns out empty."""
+    count = 0
+    for item in examples:
+        count += 1
+        yield item
+    if count == 0:
+        raise io.DataError(f"{source}: split {split!r} has no examples")
