@@ -22,7 +22,9 @@ def fake_transform(x0: float = 500000.0, y0: float = 3400000.0, pixel: float = 1
     return Affine(pixel, 0.0, x0, 0.0, -pixel, y0)
 
 
-def write_geotiff(path, data: np.ndarray, crs=FAKE_CRS, transform=None, nodata=None) -> None:
+def write_geotiff(
+    path, data: np.ndarray, crs=FAKE_CRS, transform=None, nodata=None, photometric=None
+) -> None:
     """Write (H, W) or (H, W, bands) `data` as a GeoTIFF."""
     import rasterio
 
@@ -40,6 +42,8 @@ def write_geotiff(path, data: np.ndarray, crs=FAKE_CRS, transform=None, nodata=N
         profile.update(crs=crs, transform=transform or fake_transform())
     if nodata is not None:
         profile["nodata"] = nodata
+    if photometric is not None:
+        profile["photometric"] = photometric
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(np.moveaxis(data, -1, 0))
 
@@ -101,7 +105,12 @@ def write_whu(root, train: list[str], test: list[str], shape=(600, 1100), seed: 
     for i, scene in enumerate(train + test):
         transform = fake_transform(x0=500000.0 + 20000.0 * i)
         optical = rng.integers(0, 256, (*shape, 4), np.uint8)
-        write_geotiff(root / "optical" / f"{scene}.tif", optical, transform=transform)
+        # RGB photometric with an extra band: OpenCV then decodes bands 1-3 as colour and
+        # drops the 4th, the behaviour DESIGN.md records for the real scenes. (A 4-band
+        # MINISBLACK file would instead be read as premultiplied alpha.)
+        write_geotiff(
+            root / "optical" / f"{scene}.tif", optical, transform=transform, photometric="RGB"
+        )
         sar = rng.integers(0, 256, shape, np.uint8)
         write_geotiff(root / "sar" / f"{scene}.tif", sar, transform=transform)
         label = random_label(rng, shape, 8) * 10

@@ -143,9 +143,10 @@ SYNTHETIC_PALETTE = (
 )
 
 
-def synthetic_spec(num_classes: int = 6) -> DatasetSpec:
+def synthetic_spec(num_classes: int = 6, tile_size: int = 128) -> DatasetSpec:
     """Spec of `synthetic_rgb_sar`. Mean and std were measured on 64 default scenes, in
-    model channel order (B, G, R)."""
+    model channel order (B, G, R). Crops are the tile size, rescaled as the official
+    recipe rescales 256 tiles (target scale (4 x tile, tile))."""
     if not 2 <= num_classes <= len(SYNTHETIC_CLASSES):
         raise ValueError(
             f"synthetic_rgb_sar: num_classes={num_classes}; expected 2..{len(SYNTHETIC_CLASSES)}"
@@ -158,6 +159,8 @@ def synthetic_spec(num_classes: int = 6) -> DatasetSpec:
         optical_std=(46.8, 44.6, 65.4),
         sar_mean=(120.6,) * 3,
         sar_std=(52.3,) * 3,
+        crop_size=(tile_size, tile_size),
+        train_scale=(4 * tile_size, tile_size),
     )
 
 

@@ -43,7 +43,7 @@ class Builder(builder_base.RgbSarBuilder):
     SAR_BANDS = (1,)
 
     def dataset_spec(self) -> specs.DatasetSpec:
-        return specs.synthetic_spec(self.builder_config.num_classes)
+        return specs.synthetic_spec(self.builder_config.num_classes, self.builder_config.tile_size)
 
     def _features(self):
         return builder_base.base_features(cloud_fraction=np.float32)

@@ -1,0 +1,152 @@
+"""Input pipelines over built datasets: grain over the TFDS ArrayRecord data source.
+
+Training is a pure function of (seed, step): host h of n reads examples h, h+n, h+2n, ...
+of the split, shuffles them with a new permutation each epoch, and augments example i
+with a generator seeded from (seed, i). The iterator's state is its position, so it can be
+saved with a checkpoint and restored to see exactly the batches an uninterrupted run sees.
+Each host yields its local batch; `global_batch` assembles the global array on a mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+
+import grain
+import jax
+import numpy as np
+
+from asanet_jax.data import build, io, specs, transforms
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A split of a built dataset: random-access records plus the dataset's spec."""
+
+    records: object
+    spec: specs.DatasetSpec
+    name: str
+    split: str
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def open_source(data_dir, name: str, split: str, config: str | None = None) -> Source:
+    """Open `split` of the built dataset `name` under `data_dir`."""
+    records, info = build.open_split(data_dir, name, split, config)
+    spec_dict = info.metadata.get("spec") if info.metadata else None
+    if spec_dict is None:
+        raise io.DataError(f"{info.data_dir}: dataset has no recorded spec; rebuild it")
+    if len(records) == 0:
+        raise io.DataError(f"{info.data_dir}: split {split!r} is empty")
+    return Source(records, specs.DatasetSpec.from_dict(dict(spec_dict)), name, split)
+
+
+def host_shard(num_examples: int, process_index: int, process_count: int) -> slice:
+    """Examples of this host: a strided slice, disjoint across hosts, covering the split."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} outside 0..{process_count - 1}")
+    if num_examples < process_count:
+        raise io.DataError(f"{num_examples} examples cannot be split over {process_count} hosts")
+    return slice(process_index, None, process_count)
+
+
+def local_batch_size(global_batch: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise ValueError(
+            f"global batch {global_batch} is not divisible by the {process_count} processes"
+        )
+    return global_batch // process_count
+
+
+def train_dataset(
+    source: Source,
+    global_batch: int,
+    seed: int,
+    augment: transforms.Augment | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_threads: int | None = None,
+    prefetch: int = 16,
+) -> grain.IterDataset:
+    """Endless augmented training batches for this host: dicts of (local_batch, H, W, ...).
+
+    `num_threads` reader/augmentation threads (default: one per CPU core; OpenCV and zlib
+    release the GIL, so threads scale)."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    augment = augment or transforms.Augment.for_spec(source.spec)
+    ds = grain.MapDataset.source(source.records)
+    ds = ds[host_shard(len(ds), process_index, process_count)]
+    ds = ds.shuffle(seed=seed).repeat(None)
+    ds = ds.random_map(functools.partial(_augment, spec=source.spec, augment=augment), seed=seed)
+    ds = ds.batch(local_batch_size(global_batch, process_count), drop_remainder=True)
+    return ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    )
+
+
+def _augment(record, rng, spec, augment):
+    return transforms.train_example(record, rng, spec, augment)
+
+
+def eval_dataset(
+    source: Source,
+    batch_size: int = 1,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_threads: int = 4,
+) -> grain.IterDataset:
+    """One pass over this host's share of the split, whole images, in order.
+
+    The last batch may be smaller. Images of a batch must share a size; a dataset of mixed
+    sizes is evaluated with batch_size=1 (padding would change the predictions).
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    ds = grain.MapDataset.source(source.records)
+    ds = ds[host_shard(len(ds), process_index, process_count)]
+    ds = ds.map(functools.partial(_evaluate, spec=source.spec))
+    ds = ds.batch(batch_size, drop_remainder=False, batch_fn=_stack_same_size)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8))
+
+
+def _evaluate(record, spec):
+    example = transforms.eval_example(record, spec)
+    example["file_name"] = record["file_name"]
+    return example
+
+
+def _stack_same_size(examples: list[dict]) -> dict:
+    shapes = {e["label"].shape for e in examples}
+    if len(shapes) > 1:
+        names = [e["file_name"] for e in examples]
+        raise io.DataError(
+            f"images of different sizes {sorted(shapes)} in one evaluation batch ({names}); "
+            "evaluate with batch_size=1"
+        )
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def global_batch(local: dict, sharding: jax.sharding.Sharding) -> dict:
+    """Assemble each host's local batch into global arrays laid out by `sharding`."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local.items()
+        if k != "file_name"
+    }
+
+
+def save_state(iterator: grain.DatasetIterator, path: pathlib.Path) -> None:
+    """Write the iterator's position (JSON) so training can resume from it."""
+    import json
+
+    path.write_text(json.dumps(iterator.get_state()))
+
+
+def restore_state(iterator: grain.DatasetIterator, path: pathlib.Path) -> None:
+    import json
+
+    iterator.set_state(json.loads(path.read_text()))

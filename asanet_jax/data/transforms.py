@@ -1,0 +1,149 @@
+"""Per-example preprocessing, as the official mmseg pipelines do it (DESIGN.md section 3).
+
+Training: RandomResize by a ratio of the target scale (keep ratio), RandomCrop with the
+75% category limit, horizontal and vertical flips, normalisation, then padding to the
+crop size (images 0, labels ignore). Evaluation: the whole image, normalised.
+
+Images are resized in their stored dtype with cv2 (uint8 stays uint8 and rounds as the
+official pipeline, which resizes decoded uint8 images), bilinear for images and nearest
+for labels. All arrays are (H, W, C) numpy; labels (H, W) uint8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+from asanet_jax.data import specs
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """The training augmentation's settings; defaults are the official recipe's."""
+
+    crop_size: tuple[int, int] = (256, 256)
+    scale: tuple[int, int] = (1024, 256)
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    crop_tries: int = 10
+    hflip_prob: float = 0.5
+    vflip_prob: float = 0.5
+    # False reproduces the official PIE pipeline, which flips optical and label but not SAR.
+    flip_sar: bool = True
+
+    @classmethod
+    def for_spec(cls, spec: specs.DatasetSpec, **overrides) -> Augment:
+        return cls(
+            crop_size=tuple(spec.crop_size),
+            scale=tuple(spec.train_scale),
+            hflip_prob=spec.hflip_prob,
+            vflip_prob=spec.vflip_prob,
+        ).replace(**overrides)
+
+    def replace(self, **overrides) -> Augment:
+        return dataclasses.replace(self, **overrides)
+
+
+def model_channels(record: dict, spec: specs.DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(optical, sar), each (H, W, 3) in the stored dtype, in the model's channel order."""
+    where = f"{spec.name} example {record.get('file_name', b'?')!r}"
+    optical, sar = record["optical"], record["sar"]
+    optical_bands = specs.model_bands(spec.optical_bands, optical.shape[-1], "optical", where)
+    sar_bands = specs.model_bands(spec.sar_bands, sar.shape[-1], "sar", where)
+    return optical[..., list(optical_bands)], sar[..., list(sar_bands)]
+
+
+def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """mmcv.imrescale's new (H, W): fit the long and short edges within `scale`."""
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def resize(image: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """cv2 resize to (H, W); keeps a trailing channel axis of any length."""
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    out = cv2.resize(image, (size[1], size[0]), interpolation=interpolation)
+    return out.reshape(*size, *image.shape[2:])
+
+
+def random_rescale(images, label, rng: np.random.Generator, aug: Augment):
+    """RandomResize(scale, ratio_range, keep_ratio=True) applied to every modality."""
+    ratio = rng.uniform(*aug.ratio_range)
+    target = (int(aug.scale[0] * ratio), int(aug.scale[1] * ratio))
+    size = rescale_size(*label.shape, target)
+    return [resize(im, size) for im in images], resize(label, size, nearest=True)
+
+
+def crop_box(rng, shape, crop) -> tuple[int, int]:
+    """Top-left corner of a random crop (mmseg: uniform over the valid offsets)."""
+    return (
+        int(rng.integers(0, max(shape[0] - crop[0], 0) + 1)),
+        int(rng.integers(0, max(shape[1] - crop[1], 0) + 1)),
+    )
+
+
+def random_crop(images, label, rng: np.random.Generator, aug: Augment, ignore_index: int):
+    """RandomCrop(crop_size, cat_max_ratio): retry up to `crop_tries` times for a crop in
+    which no class exceeds `cat_max_ratio` of the labelled pixels (and more than one class
+    is present); after that the last candidate is used, as mmseg does."""
+    crop = aug.crop_size
+    y, x = crop_box(rng, label.shape, crop)
+    if aug.cat_max_ratio < 1.0:
+        for _ in range(aug.crop_tries):
+            counts = np.bincount(label[y : y + crop[0], x : x + crop[1]].ravel(), minlength=256)
+            counts[ignore_index] = 0
+            counts = counts[counts > 0]
+            if len(counts) > 1 and counts.max() / counts.sum() < aug.cat_max_ratio:
+                break
+            y, x = crop_box(rng, label.shape, crop)
+    window = (slice(y, y + crop[0]), slice(x, x + crop[1]))
+    return [im[window] for im in images], label[window]
+
+
+def normalise(image: np.ndarray, mean, std) -> np.ndarray:
+    """(x - mean) / std in float32, per channel, as mmseg's data preprocessor."""
+    return (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def pad_to(image: np.ndarray, size: tuple[int, int], value) -> np.ndarray:
+    """Pad bottom and right up to `size` (mmseg's SegDataPreProcessor)."""
+    pad_h, pad_w = size[0] - image.shape[0], size[1] - image.shape[1]
+    if pad_h <= 0 and pad_w <= 0:
+        return image
+    widths = [(0, max(pad_h, 0)), (0, max(pad_w, 0))] + [(0, 0)] * (image.ndim - 2)
+    return np.pad(image, widths, constant_values=value)
+
+
+def train_example(record: dict, rng: np.random.Generator, spec, aug: Augment) -> dict:
+    """One augmented training example: optical/sar (crop_h, crop_w, 3) float32 normalised,
+    label (crop_h, crop_w) uint8."""
+    optical, sar = model_channels(record, spec)
+    label = record["label"]
+    (optical, sar), label = random_rescale([optical, sar], label, rng, aug)
+    (optical, sar), label = random_crop([optical, sar], label, rng, aug, spec.ignore_index)
+    if rng.random() < aug.hflip_prob:
+        optical, label = optical[:, ::-1], label[:, ::-1]
+        sar = sar[:, ::-1] if aug.flip_sar else sar
+    if rng.random() < aug.vflip_prob:
+        optical, label = optical[::-1], label[::-1]
+        sar = sar[::-1] if aug.flip_sar else sar
+    return {
+        "optical": pad_to(
+            normalise(optical, spec.optical_mean, spec.optical_std), aug.crop_size, 0
+        ),
+        "sar": pad_to(normalise(sar, spec.sar_mean, spec.sar_std), aug.crop_size, 0),
+        "label": pad_to(np.ascontiguousarray(label), aug.crop_size, spec.ignore_index),
+    }
+
+
+def eval_example(record: dict, spec) -> dict:
+    """The whole image, normalised: optical/sar (H, W, 3) float32, label (H, W) uint8."""
+    optical, sar = model_channels(record, spec)
+    return {
+        "optical": normalise(optical, spec.optical_mean, spec.optical_std),
+        "sar": normalise(sar, spec.sar_mean, spec.sar_std),
+        "label": record["label"],
+    }
