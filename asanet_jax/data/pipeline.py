@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 import pathlib
 
 import grain
@@ -83,9 +85,8 @@ def train_dataset(
     ds = ds.shuffle(seed=seed).repeat(None)
     ds = ds.random_map(functools.partial(_augment, spec=source.spec, augment=augment), seed=seed)
     ds = ds.batch(local_batch_size(global_batch, process_count), drop_remainder=True)
-    return ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
-    )
+    threads = num_threads or os.cpu_count() or 1
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
 
 
 def _augment(record, rng, spec, augment):
@@ -141,12 +142,8 @@ def global_batch(local: dict, sharding: jax.sharding.Sharding) -> dict:
 
 def save_state(iterator: grain.DatasetIterator, path: pathlib.Path) -> None:
     """Write the iterator's position (JSON) so training can resume from it."""
-    import json
-
     path.write_text(json.dumps(iterator.get_state()))
 
 
 def restore_state(iterator: grain.DatasetIterator, path: pathlib.Path) -> None:
-    import json
-
     iterator.set_state(json.loads(path.read_text()))
