@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/demo.py --workdir runs/demo
+	$(PY) scripts/demo.py --workdir runs/demo --data_dir data
 
 # Not part of `make test`: minutes on a GPU, tens of minutes on a CPU.
 bench: $(STAMP)

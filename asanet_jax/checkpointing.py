@@ -132,3 +132,96 @@ def _check_shapes(directory, target, on_disk) -> None:
         raise ModelCheckpointError(
             f"{directory}: the stored weights do not fit the model config; {e}"
         ) from None
+
+
+# --- training checkpoints ---------------------------------------------------------------
+
+
+def _to_saveable(tree):
+    """Typed PRNG keys become their raw uint32 data (orbax stores plain arrays)."""
+    return jax.tree.map(
+        lambda x: (
+            jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+        ),
+        tree,
+    )
+
+
+def _from_saveable(saved, like):
+    return jax.tree.map(
+        lambda s, x: (
+            jax.random.wrap_key_data(s, impl=jax.random.key_impl(x))
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+            else s
+        ),
+        saved,
+        like,
+    )
+
+
+class TrainCheckpoints:
+    """Training state under ``<workdir>/checkpoints``: the last `keep` saves (``last/``) and
+    the best by validation mIoU (``best/``). Saves are asynchronous; each holds the model
+    state, the optimiser state, the step and the data iterator's position."""
+
+    def __init__(self, workdir, keep: int):
+        root = pathlib.Path(workdir).absolute() / "checkpoints"
+        self.last = ocp.CheckpointManager(
+            root / "last", options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        )
+        self.best = ocp.CheckpointManager(
+            root / "best",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, best_fn=lambda m: m["mIoU"], best_mode="max", create=True
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.last.latest_step()
+
+    def _args(self, state, opt_state, data_state):
+        return ocp.args.Composite(
+            state=ocp.args.StandardSave(_to_saveable(state)),
+            opt_state=ocp.args.StandardSave(_to_saveable(opt_state)),
+            data=ocp.args.JsonSave(data_state),
+        )
+
+    def save(self, step: int, state, opt_state, data_state: dict) -> None:
+        self.last.save(step, args=self._args(state, opt_state, data_state), force=True)
+
+    def save_best(self, step: int, state, opt_state, data_state: dict, metrics: dict) -> None:
+        summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        self.best.save(
+            step, args=self._args(state, opt_state, data_state), metrics=summary, force=True
+        )
+
+    def restore(self, step: int, state, opt_state):
+        """(state, opt_state, data_state) of `step`, laid out like the given templates."""
+
+        def abstract(tree):
+            return jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                _to_saveable(tree),
+            )
+
+        restored = self.last.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract(state)),
+                opt_state=ocp.args.StandardRestore(abstract(opt_state)),
+                data=ocp.args.JsonRestore(),
+            ),
+        )
+        return (
+            _from_saveable(restored.state, state),
+            _from_saveable(restored.opt_state, opt_state),
+            restored.data,
+        )
+
+    def wait(self) -> None:
+        self.last.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.last.close()
+        self.best.close()

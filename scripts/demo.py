@@ -1,89 +1,73 @@
-"""A first run: official-format weights -> converter -> model directory -> inference.
+"""`make demo`: build synthetic_rgb_sar, train a small ASANet on it, evaluate, draw predictions.
 
-    make demo        # or: python scripts/demo.py --workdir runs/demo
+    python scripts/demo.py --workdir runs/demo [--overwrite]
 
-It writes a randomly initialised ASANet as an official mmseg checkpoint (standing in
-for weights trained with the official code), converts it exactly as
-``scripts/convert_torch_weights.py`` does, reloads the model directory, checks that
-the reloaded model gives the same logits, and times jitted inference on this machine.
+Runs on a laptop CPU in a few minutes. A finished demo in --workdir is reused (its
+metrics are printed again) unless --overwrite is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
-import shutil
-import time
+import sys
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # for `configs`
 
-from asanet_jax.checkpointing import load_model
-from asanet_jax.convert.cli import convert_main, write_state_dict
-from asanet_jax.convert.official import export_state_dict
-from asanet_jax.models import ASANet, count_params
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import logging  # noqa: E402
+
+from asanet_jax import checkpointing, metrics, visualize  # noqa: E402
+from asanet_jax.data import transforms  # noqa: E402
+from asanet_jax.train import trainer  # noqa: E402
+from configs import demo  # noqa: E402
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", default="runs/demo")
-    p.add_argument("--backbone", default="atto", help="ConvNeXt V2 variant (tiny = the paper)")
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--batch", type=int, default=2)
-    args = p.parse_args()
+def predict_examples(model_dir: pathlib.Path, config, count: int = 4):
+    """Whole-image predictions of the first `count` validation examples."""
+    model, _, _ = checkpointing.load_model(model_dir)
+    source = trainer.open_data(config, "val")
+    spec = source.spec
+    examples = [transforms.eval_example(source.records[i], spec) for i in range(count)]
+    batch = {k: np.stack([e[k] for e in examples]) for k in ("optical", "sar")}
+    logits = jax.jit(lambda o, s: model(o, s)["logits"])(batch["optical"], batch["sar"])
+    return examples, list(np.asarray(logits.argmax(-1))), spec
 
-    work = pathlib.Path(args.workdir)
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
 
-    model = ASANet({"backbone": args.backbone}, rngs=nnx.Rngs(0))
-    model.eval()
-    print(f"ASANet with ConvNeXt V2 {args.backbone}: {count_params(model):,} parameters")
-    official = work / "official_format.pth"
-    write_state_dict(export_state_dict(model), official, meta={"note": "random init"})
-    print(f"1. wrote an official-format mmseg checkpoint: {official}")
-
-    converted = work / "converted"
-    convert_main(["--torch_checkpoint", str(official), "--output", str(converted)])
-    print(f"2. converted it to a model directory: {converted}")
-
-    reloaded, config, meta = load_model(converted)
-    print(f"3. reloaded it (source sha256 {meta['source']['sha256'][:12]}...)")
-
-    rng = np.random.default_rng(0)
-    shape = (args.batch, args.size, args.size, 3)
-    rgb = rng.normal(size=shape).astype(np.float32)  # inputs are normalised images
-    sar = rng.normal(size=shape).astype(np.float32)
-
-    @nnx.jit
-    def predict(m, a, b):
-        logits = m(a, b)["logits"]
-        return jnp.argmax(logits, axis=-1), logits
-
-    labels, logits = predict(reloaded, rgb, sar)
-    _, ref = predict(model, rgb, sar)
-    diff = float(jnp.abs(logits - ref).max())
-    print(f"4. reloaded logits equal the original's (max |diff| {diff:.1e})")
-    assert diff == 0.0, "conversion changed the model"
-
-    for dtype in ("float32", "bfloat16"):
-        m, _, _ = load_model(converted, {"dtype": dtype})
-        jax.block_until_ready(predict(m, rgb, sar))  # compile
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            jax.block_until_ready(predict(m, rgb, sar))
-            times.append(time.perf_counter() - t)
-        rate = args.batch / float(np.median(times))
-        print(f"5. {dtype} inference at {args.size}x{args.size}: {rate:.1f} images/s")
-
-    np.save(work / "prediction.npy", np.asarray(labels))
-    counts = np.bincount(np.asarray(labels).ravel(), minlength=config.num_classes)
-    print(f"6. wrote {work / 'prediction.npy'}; predicted class counts {counts.tolist()}")
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="runs/demo")
+    parser.add_argument("--data_dir", default="data")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    logging.set_verbosity(logging.WARNING)
+    workdir = pathlib.Path(args.workdir)
+    config = demo.get_config()
+    config.data.data_dir = args.data_dir
+    config.train.overwrite = args.overwrite
+    finished = (workdir / "run.json").is_file() and not args.overwrite
+    if finished:
+        print(f"{workdir} holds a finished demo run; showing it (--overwrite retrains)")
+        result = json.loads((workdir / "metrics.json").read_text())
+    else:
+        print(
+            f"training {config.train.steps} steps of ASANet-{config.model.backbone} on "
+            f"synthetic_rgb_sar ({jax.device_count()} {jax.default_backend()} device(s))"
+        )
+        result = trainer.train(config, workdir)
+    print(metrics.format_table(result))
+    examples, preds, spec = predict_examples(workdir / "model", config)
+    picture = workdir / "predictions.png"
+    visualize.save_png(visualize.prediction_panel(examples, preds, spec), picture)
+    print(f"\ncheckpoint:  {workdir / 'model'}")
+    print(f"training checkpoints: {workdir / 'checkpoints'}")
+    print(f"metrics:     {workdir / 'metrics.json'}")
+    print(f"predictions: {picture} (optical | SAR | label | prediction)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

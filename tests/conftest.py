@@ -1,6 +1,14 @@
 """Shared fixtures: the golden micro fixture from the official model, in NHWC."""
 
+import os
 import pathlib
+
+# Reuse compiled programs across tests and their subprocesses (the training tests compile
+# the same micro model in several runs).
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(__file__).parents[1] / ".pytest_cache" / "jax")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
 
 import jax
 import numpy as np

@@ -216,8 +216,21 @@ def test_two_hosts_read_disjoint_shards_that_cover_the_split(synthetic):
         assert len(names) == len(set(names)) == len(source) // 2
     assert not seen[0] & seen[1]
     assert seen[0] | seen[1] == {source.records[i]["file_name"] for i in range(len(source))}
-    batch = next(iter(pipeline.train_dataset(source, 8, seed=0, process_index=1, process_count=2)))
-    assert batch["optical"].shape[0] == 4
+
+
+def test_hosts_training_slices_assemble_the_single_host_global_batches(synthetic):
+    source = pipeline.open_source(synthetic, "synthetic_rgb_sar", "train")
+    single = take(pipeline.train_dataset(source, 8, seed=3, process_index=0, process_count=1), 3)
+    hosts = [
+        take(pipeline.train_dataset(source, 8, seed=3, process_index=h, process_count=2), 3)
+        for h in range(2)
+    ]
+    for step, batch in enumerate(single):
+        assert hosts[0][step]["optical"].shape[0] == 4
+        for k in batch:
+            np.testing.assert_array_equal(
+                np.concatenate([hosts[0][step][k], hosts[1][step][k]]), batch[k]
+            )
 
 
 def test_global_batch_is_laid_out_over_the_data_axis():

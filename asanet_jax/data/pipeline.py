@@ -1,10 +1,14 @@
 """Input pipelines over built datasets: grain over the TFDS ArrayRecord data source.
 
-Training is a pure function of (seed, step): host h of n reads examples h, h+n, h+2n, ...
-of the split, shuffles them with a new permutation each epoch, and augments example i
-with a generator seeded from (seed, i). The iterator's state is its position, so it can be
+Training is a pure function of (seed, step), whatever the number of hosts: one global
+order of examples (a new permutation of the split each epoch), cut into global batches;
+example i of that order is augmented with a generator seeded from (seed, i); host h of n
+reads and augments only its slice h of each global batch. A run on one host and on many
+therefore sees the same global batches. The iterator's state is its position, so it can be
 saved with a checkpoint and restored to see exactly the batches an uninterrupted run sees.
-Each host yields its local batch; `global_batch` assembles the global array on a mesh.
+`global_batch` assembles the hosts' slices into global arrays on the device mesh.
+
+Evaluation shards the split by stride: host h reads examples h, h+n, h+2n, ...
 """
 
 from __future__ import annotations
@@ -80,11 +84,19 @@ def train_dataset(
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     augment = augment or transforms.Augment.for_spec(source.spec)
-    ds = grain.MapDataset.source(source.records)
-    ds = ds[host_shard(len(ds), process_index, process_count)]
-    ds = ds.shuffle(seed=seed).repeat(None)
-    ds = ds.random_map(functools.partial(_augment, spec=source.spec, augment=augment), seed=seed)
-    ds = ds.batch(local_batch_size(global_batch, process_count), drop_remainder=True)
+    local = local_batch_size(global_batch, process_count)
+    host_shard(global_batch, process_index, process_count)  # validates the indices
+    examples = grain.MapDataset.source(source.records).shuffle(seed=seed).repeat(None)
+    examples = examples.random_map(
+        functools.partial(_augment, spec=source.spec, augment=augment), seed=seed
+    )
+
+    def host_example(j: int):
+        # Example j of this host: position j mod local of its slice of global batch j // local.
+        return examples[(j // local) * global_batch + process_index * local + j % local]
+
+    ds = grain.MapDataset.range(len(examples) // process_count).map(host_example)
+    ds = ds.batch(local, drop_remainder=True)
     threads = num_threads or os.cpu_count() or 1
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
 

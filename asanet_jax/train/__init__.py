@@ -1,0 +1,1 @@
+"""Training: optimiser and schedule, device mesh and sharding, metrics, the training loop."""

@@ -1,0 +1,31 @@
+"""The paper's PIE ablations and single-modality baselines (DESIGN.md section 4).
+
+--config configs/ablations.py:sfm_cfm     SFM + CFM, the full ASANet (78.31)
+--config configs/ablations.py:cfm         CFM without SFM
+--config configs/ablations.py:sum         SFM + point-wise sum fusion ("PWA", 77.81)
+--config configs/ablations.py:sum_no_sfm  plain two-stream sum
+--config configs/ablations.py:rgb_only    UPerNet ConvNeXt V2 on optical (76.90)
+--config configs/ablations.py:sar_only    UPerNet ConvNeXt V2 on SAR (66.73)
+"""
+
+from configs import pie
+
+VARIANTS = {
+    "sfm_cfm": dict(sfm=True, fusion="cfm", modalities="rgb+sar"),
+    "cfm": dict(sfm=False, fusion="cfm", modalities="rgb+sar"),
+    "sum": dict(sfm=True, fusion="sum", modalities="rgb+sar"),
+    "sum_no_sfm": dict(sfm=False, fusion="sum", modalities="rgb+sar"),
+    "rgb_only": dict(sfm=False, fusion="none", modalities="rgb"),
+    "sar_only": dict(sfm=False, fusion="none", modalities="sar"),
+}
+
+
+def get_config(arg: str | None = None):
+    name, _, local = (arg or "sfm_cfm").partition(",")
+    if name not in VARIANTS:
+        raise ValueError(
+            f"configs/ablations.py: unknown variant {name!r}; expected {sorted(VARIANTS)}"
+        )
+    config = pie.get_config(local or None)
+    config.model.update(VARIANTS[name])
+    return config

@@ -1,0 +1,293 @@
+"""Training: configs, the official optimiser groups and schedule, sharded steps on real
+meshes, exact resume (also after SIGKILL), divergence handling, and metrics."""
+
+import importlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from asanet_jax import metrics
+from asanet_jax.convert import layout, mapping
+from asanet_jax.models.asanet import ASANet, count_params
+from asanet_jax.models.config import resolve
+from asanet_jax.train import optimizer, trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CONFIGS = [
+    ("pie", None),
+    ("pie", "official_flips"),
+    ("pie", "runlocal"),
+    ("ddhr", None),
+    ("whu", None),
+    ("demo", None),
+    ("demo", "runlocal"),
+    *[("ablations", v) for v in ("sfm_cfm", "cfm", "sum", "sum_no_sfm", "rgb_only", "sar_only")],
+]
+
+
+def load_config(name, arg=None):
+    return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+@pytest.mark.parametrize(("name", "arg"), CONFIGS)
+def test_every_config_loads_and_builds_its_model_abstractly(name, arg):
+    config = load_config(name, arg)
+    spec = resolve(config.model)
+    model = nnx.eval_shape(lambda: ASANet(spec, rngs=nnx.Rngs(0)))
+    assert config.model.num_classes == config.data.num_classes
+    if (name, arg) in (("pie", None), ("ablations", "sfm_cfm")):
+        assert count_params(model) == 82_904_764
+    if name == "ablations" and arg.endswith("_only"):
+        assert spec.streams == (arg.split("_")[0],)
+
+
+def test_derived_values_follow_overrides():
+    config = load_config("pie")
+    config.train.steps = 1000
+    config.data.num_classes = 4
+    assert config.optim.total_steps == 1000 and config.model.num_classes == 4
+
+
+# --- the official optimiser ---------------------------------------------------------------
+
+
+def official_group(key: str, shape) -> tuple[float, bool]:
+    """DESIGN.md section 4, written independently of asanet_jax.train.optimizer."""
+    parts = key.split(".")
+    if ".downsample_layers." in key and parts[1] in ("backbone", "backbone2"):
+        layer = 0
+    elif ".stages." in key and parts[1] in ("backbone", "backbone2"):
+        layer = int(parts[3]) + 1
+    else:
+        layer = 7
+    return 0.9 ** (7 - layer), not (len(shape) == 1 or key.endswith(".bias"))
+
+
+def test_optimizer_applies_the_official_lr_scale_and_weight_decay_to_every_parameter():
+    config = load_config("pie")
+    spec = resolve(config.model)
+    model = ASANet(spec, rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    tx, schedule = optimizer.make_optimizer(params, spec, config.optim, 80_000)
+    state = tx.init(params)
+    # Zero gradients: Adam's term is 0, so the update is -lr * scale * wd * p where decayed.
+    zeros = jax.tree.map(np.zeros_like, params)
+    ones = jax.tree.map(np.ones_like, params)
+    decay_update, _ = tx.update(zeros, state, params)
+    # Unit gradients at step 0: Adam's term is 1/(1+eps) per element: -lr * scale * (1 + wd p).
+    grad_update, _ = tx.update(ones, state, params)
+    flat_p = {".".join(map(str, k)): v for k, v in nnx.to_flat_state(params)}
+    flat_d = {".".join(map(str, k)): v for k, v in nnx.to_flat_state(decay_update)}
+    flat_g = {".".join(map(str, k)): v for k, v in nnx.to_flat_state(grad_update)}
+    lr0 = float(schedule(0))
+    checked = 0
+    for key, shape, _ in layout.official_layout(spec):
+        mapped = mapping.map_key(key, mapping.segmentor_rules(spec.streams))
+        if mapped.leaf.torch in ("running_mean", "running_var", "num_batches_tracked"):
+            continue
+        scale, decays = official_group(key, shape)
+        p = np.asarray(flat_p[mapped.flax_path][...])
+        d = np.asarray(flat_d[mapped.flax_path][...])
+        g = np.asarray(flat_g[mapped.flax_path][...])
+        np.testing.assert_allclose(d, -lr0 * scale * 0.05 * p * decays, rtol=1e-5, atol=1e-20)
+        np.testing.assert_allclose(g - d, -lr0 * scale / (1 + 1e-8), rtol=1e-5, err_msg=key)
+        checked += 1
+    assert checked == len(flat_p)  # every parameter has its official group
+
+
+def mmengine_lr(step, base=1e-4, warmup=1500, total=80_000, start=1e-6):
+    """LinearLR(start_factor=1e-6, end=1500) then PolyLR(power=1, eta_min=0, end=80000)."""
+    if step < warmup:
+        return base * (start + (1 - start) * step / warmup)
+    return base * (1 - min(step - warmup, total - warmup) / (total - warmup))
+
+
+def test_schedule_matches_the_official_one():
+    schedule = optimizer.warmup_poly_schedule(1e-4, 1500, 80_000)
+    for step in (0, 1, 1499, 1500, 1501, 40_000, 79_999):
+        assert float(schedule(step)) == pytest.approx(mmengine_lr(step), rel=1e-5, abs=1e-14)
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def test_metrics_follow_the_official_formulas_including_absent_classes():
+    rng = np.random.default_rng(0)
+    confusion = rng.integers(0, 500, (5, 5)).astype(np.int64)
+    confusion[3, :] = 0  # class 3 absent from the labels and the predictions
+    confusion[:, 3] = 0
+    out = metrics.summarize(confusion)
+    # Independent: per class loops over the matrix, mmseg's rounding.
+    total = confusion.sum()
+    ious, f1s = [], []
+    for k in range(5):
+        tp = confusion[k, k]
+        fp = confusion[:, k].sum() - tp
+        fn = confusion[k, :].sum() - tp
+        if tp + fp + fn == 0:
+            continue
+        ious.append(tp / (tp + fp + fn))
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    po = np.trace(confusion) / total
+    pe = sum(confusion[k, :].sum() * confusion[:, k].sum() for k in range(5)) / total**2
+    assert out["mIoU"] == round(float(np.mean(ious)) * 100, 2)
+    assert out["mF1"] == round(float(np.mean(f1s)) * 100, 2)
+    assert out["OA"] == round(po * 100, 2)
+    assert out["Kappa"] == round((po - pe) / (1 - pe) * 100, 2)
+    assert np.isnan(out["per_class"]["3"]["IoU"])
+    update = metrics.confusion_update(
+        np.zeros((3, 3), np.int32), np.array([[0, 1, 2, 2]]), np.array([[0, 1, 255, 1]])
+    )
+    np.testing.assert_array_equal(update, [[1, 0, 0], [0, 1, 1], [0, 0, 0]])
+
+
+# --- real training runs on a micro model ------------------------------------------------
+
+
+def micro_config(data_dir, **train):
+    config = load_config("demo", "runlocal")
+    config.data.data_dir = str(data_dir)
+    config.model.depths = (1, 1, 1, 1)
+    config.model.channels = (8, 16, 24, 32)
+    config.model.decoder_channels = 16
+    config.model.aux_channels = 8
+    config.model.drop_path_rate = 0.1  # exercises the RNG streams across resume
+    config.train.steps = 4
+    config.train.checkpoint_every = 2
+    config.train.eval_every = 4
+    config.data.num_threads = 2
+    config.train.update(train)
+    return config
+
+
+def final_state(workdir):
+    from asanet_jax import checkpointing
+
+    model, _, _ = checkpointing.load_model(pathlib.Path(workdir) / "model")
+    weights = nnx.state(model, (nnx.Param, nnx.BatchStat))
+    return {".".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(weights)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    config = micro_config(root / "data")
+    result = trainer.train(config, root / "run")
+    return root, result
+
+
+def test_run_writes_metrics_config_checkpoints_and_refuses_to_overwrite(uninterrupted):
+    root, result = uninterrupted
+    run = root / "run"
+    saved = json.loads((run / "metrics.json").read_text())
+    assert {"mIoU", "OA", "Kappa", "mF1"} <= set(saved) and saved == result
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 4
+    assert sorted(p.name for p in (run / "checkpoints" / "last").iterdir() if p.name.isdigit()) == [
+        "2",
+        "4",
+    ]
+    assert any((run / "tensorboard").iterdir())
+    with pytest.raises(trainer.TrainingError, match="holds a finished run"):
+        trainer.train(micro_config(root / "data"), run)
+
+
+def test_stopped_and_resumed_run_equals_the_uninterrupted_one(uninterrupted, tmp_path):
+    root, _ = uninterrupted
+    config = micro_config(root / "data")
+    trainer.train(config, tmp_path / "run", stop_after=2)
+    assert not (tmp_path / "run" / "model").exists()
+    trainer.train(micro_config(root / "data"), tmp_path / "run")
+    expected, got = final_state(root / "run"), final_state(tmp_path / "run")
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+
+
+def test_run_killed_with_sigkill_resumes_exactly(uninterrupted, tmp_path):
+    root, _ = uninterrupted
+    script = (
+        "import sys; sys.path.insert(0, {!r}); sys.path.insert(0, {!r})\n"
+        "from test_training import micro_config\nfrom asanet_jax.train import trainer\n"
+        "c = micro_config({!r}, steps=40)\n"
+        "trainer.train(c, {!r})\n"
+    ).format(str(REPO), str(REPO / "tests"), str(root / "data"), str(tmp_path / "run"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    committed = tmp_path / "run" / "checkpoints" / "last" / "2"
+    deadline = time.time() + 300
+    while not (committed / "_CHECKPOINT_METADATA").exists() and time.time() < deadline:
+        time.sleep(0.2)
+        assert proc.poll() is None, "training exited before its first checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Resume the killed run two steps past its last checkpoint; run a reference straight
+    # to the same step; both save there.
+    start = trainer.checkpointing.TrainCheckpoints(tmp_path / "run", 3).latest_step()
+    assert start is not None and start >= 2
+    trainer.train(micro_config(root / "data", steps=40), tmp_path / "run", stop_after=2)
+    trainer.train(micro_config(root / "data", steps=40), tmp_path / "ref", stop_after=start + 2)
+    a = _checkpoint_params(tmp_path / "run", start + 2)
+    b = _checkpoint_params(tmp_path / "ref", start + 2)
+    for k in b:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _checkpoint_params(workdir, step):
+    import orbax.checkpoint as ocp
+
+    path = pathlib.Path(workdir) / "checkpoints" / "last" / str(step) / "state"
+    restored = ocp.PyTreeCheckpointer().restore(path)
+    return {
+        "/".join(map(str, p)): np.asarray(v)
+        for p, v in jax.tree_util.tree_flatten_with_path(restored)[0]
+    }
+
+
+def test_diverging_loss_stops_naming_the_step(uninterrupted, tmp_path):
+    root, _ = uninterrupted
+    config = micro_config(root / "data", log_every=1)
+    config.optim.lr = 1e12
+    config.optim.warmup_steps = 0
+    with pytest.raises(trainer.TrainingError, match=r"loss is nan at step \d+; stopping"):
+        trainer.train(config, tmp_path / "run")
+
+
+def test_train_script_trains_on_a_pie_format_folder(tmp_path):
+    from asanet_jax.data import fake_sources
+
+    source = fake_sources.write_pie(tmp_path / "PIE", [f"t{i}" for i in range(6)], ["v0", "v1"], 64)
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "train.py"),
+        "--config",
+        str(REPO / "configs" / "pie.py") + ":runlocal",
+        "--workdir",
+        str(tmp_path / "run"),
+        f"--config.data.manual_dir={source}",
+        f"--config.data.data_dir={tmp_path / 'data'}",
+        "--config.model.depths=(1,1,1,1)",
+        "--config.model.channels=(8,16,24,32)",
+        "--config.model.decoder_channels=16",
+        "--config.model.aux_channels=8",
+        "--config.data.num_threads=2",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "final mIoU" in out.stdout
+    assert (tmp_path / "data" / "pie_rgb_sar" / "1.0.0" / "dataset_info.json").is_file()
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(saved["per_class"]) == {"background", "city", "road", "water", "forest", "farmland"}
+    # A second run into the finished directory is refused with a clear message.
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 1 and "holds a finished run" in again.stderr
