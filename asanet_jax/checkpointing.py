@@ -50,7 +50,12 @@ def save_model(
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         pure = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
-        with ocp.StandardCheckpointer() as ckptr:
+        # Written by this process alone (in multi-host training, process 0 writes the model
+        # directory from gathered weights), so no cross-process barriers.
+        only_me = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()}
+        )
+        with ocp.StandardCheckpointer(multiprocessing_options=only_me) as ckptr:
             ckptr.save(tmp / WEIGHTS_DIR, pure)
         doc = {"model": to_config(model.spec).to_dict(), **(metadata or {})}
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, default=list) + "\n")
@@ -191,6 +196,9 @@ class TrainCheckpoints:
 
     def save_best(self, step: int, state, opt_state, data_state: dict, metrics: dict) -> None:
         summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        # Orbax names its multi-host barriers after the step: two managers must not save
+        # the same step at once.
+        self.last.wait_until_finished()
         self.best.save(
             step, args=self._args(state, opt_state, data_state), metrics=summary, force=True
         )

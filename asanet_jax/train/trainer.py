@@ -29,7 +29,7 @@ from flax import nnx
 from asanet_jax import checkpointing, metrics
 from asanet_jax.data import build, io, pipeline, transforms
 from asanet_jax.losses import segmentation_loss
-from asanet_jax.models.asanet import ASANet
+from asanet_jax.models.asanet import WEIGHTS, ASANet
 from asanet_jax.models.config import resolve
 from asanet_jax.train import optimizer, sharding
 
@@ -334,8 +334,9 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
         writer.close()
     if end < steps:
         return last_metrics or {}
+    model = nnx.merge(train_state.eval_graphdef, train_state.state)
+    nnx.update(model, _gather(nnx.state(model, WEIGHTS)))
     if jax.process_index() == 0:
-        model = nnx.merge(train_state.eval_graphdef, jax.device_get(train_state.state))
         checkpointing.save_model(
             workdir / "model", model, metadata={"trained_steps": steps}, overwrite=True
         )
@@ -343,6 +344,15 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
         (workdir / "run.json").write_text(json.dumps({"finished": True, "steps": steps}) + "\n")
     _sync("run finished")
     return last_metrics
+
+
+def _gather(tree):
+    """The whole state on every host (FSDP shards of other hosts included), as numpy."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _tensorboard(workdir: pathlib.Path):
