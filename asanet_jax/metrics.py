@@ -10,6 +10,8 @@ percent, rounded to 2 decimals, as mmseg prints them.
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,13 +72,26 @@ def summarize(confusion: np.ndarray, class_names=None) -> dict:
     }
 
 
+def to_json(metrics: dict) -> str:
+    """JSON text with NaN (a class absent from labels or predictions) written as null."""
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        return None if isinstance(x, float) and np.isnan(x) else x
+
+    return json.dumps(clean(metrics), indent=2, allow_nan=False) + "\n"
+
+
 def format_table(metrics: dict) -> str:
-    """The per-class table and the summary line, as text."""
+    """The per-class table and the summary line, as text (NaN or null shown as nan)."""
+
+    def f(v) -> str:
+        return f"{float('nan') if v is None else v:>8.2f}"
+
     rows = [f"{'class':<14}{'IoU':>8}{'Acc':>8}{'Prec':>8}{'F1':>8}"]
     for name, m in metrics["per_class"].items():
-        rows.append(
-            f"{name:<14}{m['IoU']:>8.2f}{m['Acc']:>8.2f}{m['Precision']:>8.2f}{m['F1']:>8.2f}"
-        )
+        rows.append(f"{name:<14}{f(m['IoU'])}{f(m['Acc'])}{f(m['Precision'])}{f(m['F1'])}")
     rows.append(
         f"mIoU {metrics['mIoU']:.2f}  OA {metrics['OA']:.2f}  "
         f"Kappa {metrics['Kappa']:.2f}  mF1 {metrics['mF1']:.2f}"

@@ -1,6 +1,6 @@
 """A first run: official-format weights -> converter -> model directory -> inference.
 
-    make demo        # or: python scripts/demo.py --workdir runs/demo
+    python scripts/conversion_demo.py --workdir runs/conversion_demo
 
 It writes a randomly initialised ASANet as an official mmseg checkpoint (standing in
 for weights trained with the official code), converts it exactly as
@@ -28,7 +28,7 @@ from asanet_jax.models import ASANet, count_params
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", default="runs/demo")
+    p.add_argument("--workdir", default="runs/conversion_demo")
     p.add_argument("--backbone", default="atto", help="ConvNeXt V2 variant (tiny = the paper)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=2)

@@ -190,8 +190,9 @@ def uninterrupted(tmp_path_factory):
 def test_run_writes_metrics_config_checkpoints_and_refuses_to_overwrite(uninterrupted):
     root, result = uninterrupted
     run = root / "run"
-    saved = json.loads((run / "metrics.json").read_text())
-    assert {"mIoU", "OA", "Kappa", "mF1"} <= set(saved) and saved == result
+    saved = json.loads((run / "metrics.json").read_text())  # strict JSON: NaN saved as null
+    assert {"mIoU", "OA", "Kappa", "mF1"} <= set(saved)
+    assert saved == json.loads(metrics.to_json(result))
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 4
     assert sorted(p.name for p in (run / "checkpoints" / "last").iterdir() if p.name.isdigit()) == [
         "2",

@@ -340,7 +340,7 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
         checkpointing.save_model(
             workdir / "model", model, metadata={"trained_steps": steps}, overwrite=True
         )
-        (workdir / "metrics.json").write_text(json.dumps(last_metrics, indent=2) + "\n")
+        (workdir / "metrics.json").write_text(metrics.to_json(last_metrics))
         (workdir / "run.json").write_text(json.dumps({"finished": True, "steps": steps}) + "\n")
     _sync("run finished")
     return last_metrics
