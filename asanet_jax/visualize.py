@@ -50,3 +50,38 @@ def save_png(image: np.ndarray, path) -> None:
     from PIL import Image
 
     Image.fromarray(image).save(path)
+
+
+def confusion_image(confusion: np.ndarray, class_names, cell: int = 56) -> np.ndarray:
+    """A confusion-matrix picture: rows = labels, columns = predictions, each cell shaded
+    and annotated with its share of the row (percent)."""
+    from PIL import Image, ImageDraw
+
+    confusion = np.asarray(confusion, np.float64)
+    rows = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    k = len(class_names)
+    margin = 9 * max(len(str(n)) for n in class_names) + 12
+    image = Image.new("RGB", (margin + k * cell, margin + k * cell), "white")
+    draw = ImageDraw.Draw(image)
+    for i in range(k):
+        draw.text((4, margin + i * cell + cell // 2 - 6), str(class_names[i]), fill="black")
+        draw.text(
+            (margin + i * cell + 4, margin - 16), str(class_names[i])[: cell // 7], fill="black"
+        )
+        for j in range(k):
+            v = rows[i, j]
+            colour = tuple(int(255 - v * (255 - c)) for c in (8, 48, 107))
+            box = (
+                margin + j * cell,
+                margin + i * cell,
+                margin + (j + 1) * cell - 1,
+                margin + (i + 1) * cell - 1,
+            )
+            draw.rectangle(box, fill=colour)
+            draw.text(
+                (box[0] + 8, box[1] + cell // 2 - 6),
+                f"{100 * v:.1f}",
+                fill="white" if v > 0.5 else "black",
+            )
+    draw.text((margin, 2), "rows: label, columns: prediction (% of row)", fill="black")
+    return np.asarray(image)

@@ -1,0 +1,104 @@
+"""Evaluate a model on a dataset split: whole-image, sliding-window or TTA inference, one
+confusion matrix accumulated on device over the split, the official metrics, and a few
+predictions kept for pictures."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asanet_jax import checkpointing, inference, metrics
+from asanet_jax.data import pipeline, transforms
+
+
+class EvaluationError(ValueError):
+    """A checkpoint, split or setting that does not fit the evaluation asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    mode: str = "whole"  # 'whole' or 'slide'
+    window: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    tta: bool = False
+    tta_ratios: tuple[float, ...] | None = None  # default: the dataset's official ratios
+    keep_samples: int = 4
+
+    def __post_init__(self):
+        if self.mode not in ("whole", "slide"):
+            raise EvaluationError(f"mode={self.mode!r}; expected 'whole' or 'slide'")
+        if self.mode == "slide" and (self.window is None or self.stride is None):
+            raise EvaluationError("sliding-window inference needs a window and a stride")
+
+
+def load_checkpoint(path, model_config=None):
+    """(model, config.model) from a model directory or an official .pth/.safetensors file."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        model, config, _ = checkpointing.load_model(path, model_config)
+        return model, config
+    if path.is_file():
+        from asanet_jax.convert import load_torch_checkpoint
+
+        return load_torch_checkpoint(path, model_config)
+    raise EvaluationError(f"{path}: no such checkpoint (a model directory or a .pth file)")
+
+
+def check_fits(model, source: pipeline.Source) -> None:
+    spec = model.spec
+    if spec.num_classes != source.spec.num_classes:
+        raise EvaluationError(
+            f"the checkpoint predicts {spec.num_classes} classes but {source.name} has "
+            f"{source.spec.num_classes} ({', '.join(source.spec.classes)}); evaluate it on "
+            "the dataset it was trained for"
+        )
+
+
+def evaluate(model, source: pipeline.Source, settings: Settings, progress: bool = True):
+    """(metrics, confusion (K, K), samples) over the split; samples are the first
+    `keep_samples` examples with their predictions, for pictures."""
+    from tqdm import tqdm
+
+    check_fits(model, source)
+    spec = source.spec
+    k = spec.num_classes
+    model_inputs = model.spec.streams
+
+    @jax.jit
+    def predict(optical, sar):
+        rgb = optical if "rgb" in model_inputs else None
+        s = sar if "sar" in model_inputs else None
+        return model(rgb, s)["logits"]
+
+    def infer(optical, sar):
+        if settings.mode == "slide":
+            return inference.slide(predict, optical, sar, settings.window, settings.stride, k)
+        return inference.whole(predict, optical, sar)
+
+    update = jax.jit(metrics.confusion_update, static_argnames="ignore_index")
+    confusion = jnp.zeros((k, k), jnp.int32)
+    samples = []
+    ratios = settings.tta_ratios or spec.tta_ratios
+    for i in tqdm(
+        range(len(source)), desc=f"{source.name}/{source.split}", unit="img", disable=not progress
+    ):
+        record = source.records[i]
+        example = transforms.eval_example(record, spec)
+        if settings.tta:
+            optical_raw, sar_raw = transforms.model_channels(record, spec)
+            probs = inference.tta_probabilities(infer, optical_raw, sar_raw, spec, ratios)
+            pred = probs.argmax(-1)
+        else:
+            logits = infer(example["optical"][None], example["sar"][None])
+            pred = logits[0].argmax(-1)
+        confusion = update(
+            confusion, pred[None], example["label"][None], ignore_index=spec.ignore_index
+        )
+        if len(samples) < settings.keep_samples:
+            samples.append((example, pred))
+    confusion = np.asarray(confusion)
+    return metrics.summarize(confusion, spec.classes), confusion, samples

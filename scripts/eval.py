@@ -1,0 +1,87 @@
+"""Evaluate a checkpoint on a dataset split with the official metrics.
+
+    python scripts/eval.py --config configs/pie.py --checkpoint runs/pie/model --out eval/pie
+    python scripts/eval.py --config configs/pie.py --checkpoint asanet_pie.pth --tta
+    python scripts/eval.py --config configs/whu.py --checkpoint DIR --mode slide \
+        --window 512 --stride 341
+
+--checkpoint is a model directory or an official .pth/.safetensors (converted on the
+fly). The dataset comes from the config (`--config.data.data_dir=...`); the split is the
+dataset's evaluation split unless --split is given. Writes <out>/metrics.json,
+<out>/confusion.png and <out>/predictions.png, and prints the per-class table.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `configs`
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from asanet_jax import evaluation, metrics, visualize
+from asanet_jax.convert.reader import CheckpointError
+from asanet_jax.data import io
+from asanet_jax.inference import InferenceError
+from asanet_jax.train import trainer
+
+config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:variant]).")
+flags.DEFINE_string("checkpoint", None, "Model directory or official .pth/.safetensors.")
+flags.DEFINE_string("split", None, "Split to evaluate (default: the dataset's eval split).")
+flags.DEFINE_enum("mode", "whole", ["whole", "slide"], "Whole-image or sliding-window.")
+flags.DEFINE_integer("window", None, "Sliding window size (square).")
+flags.DEFINE_integer("stride", None, "Sliding window stride.")
+flags.DEFINE_bool("tta", False, "The official multi-scale + horizontal-flip TTA.")
+flags.DEFINE_string("out", "eval", "Output folder.")
+flags.mark_flags_as_required(["config", "checkpoint"])
+
+
+def main(argv) -> int:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    f = flags.FLAGS
+    config = f.config
+    try:
+        model, _ = evaluation.load_checkpoint(f.checkpoint)
+        split = f.split or trainer.open_data(config, "train").spec.eval_split
+        source = trainer.open_data(config, split)
+        window = (f.window, f.window) if f.window else None
+        stride = (f.stride, f.stride) if f.stride else None
+        settings = evaluation.Settings(f.mode, window, stride, f.tta)
+        result, confusion, samples = evaluation.evaluate(model, source, settings)
+    except (
+        evaluation.EvaluationError,
+        InferenceError,
+        io.DataError,
+        CheckpointError,
+        FileNotFoundError,
+    ) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    out = pathlib.Path(f.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result["settings"] = {
+        "mode": f.mode,
+        "window": f.window,
+        "stride": f.stride,
+        "tta": f.tta,
+        "checkpoint": str(f.checkpoint),
+        "dataset": source.name,
+        "split": source.split,
+    }
+    (out / "metrics.json").write_text(metrics.to_json(result))
+    visualize.save_png(
+        visualize.confusion_image(confusion, source.spec.classes), out / "confusion.png"
+    )
+    examples, preds = zip(*samples, strict=True)
+    panel = visualize.prediction_panel(list(examples), list(preds), source.spec)
+    visualize.save_png(panel, out / "predictions.png")
+    print(metrics.format_table(result))
+    print(f"wrote {out / 'metrics.json'}, {out / 'confusion.png'}, {out / 'predictions.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,152 @@
+"""Evaluation: whole, sliding-window and TTA inference; metrics over a split against an
+independent computation; the eval script's outputs and its error messages."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from asanet_jax import checkpointing, evaluation, inference
+from asanet_jax.data import build, pipeline, transforms
+from asanet_jax.models.asanet import ASANet
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MICRO = {
+    "backbone": "atto",
+    "depths": (1, 1, 1, 1),
+    "channels": (8, 16, 24, 32),
+    "decoder_channels": 16,
+    "aux_channels": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    build.build("synthetic_rgb_sar", root / "data", config="tiny")
+    model = ASANet({**MICRO, "num_classes": 6}, rngs=nnx.Rngs(1))
+    model.eval()
+    checkpointing.save_model(root / "model", model)
+    source = pipeline.open_source(root / "data", "synthetic_rgb_sar", "val")
+    return root, model, source
+
+
+def image_as_logits(optical, sar):
+    """A 'model' whose logits are its input (K = 3): translation and flip equivariant."""
+    return optical + 0.5 * sar
+
+
+def test_window_grid_follows_mmseg_slide_inference():
+    # h_grids = max(h - crop + stride - 1, 0) // stride + 1; last window moved to the edge.
+    assert inference.window_starts(100, 64, 40) == [0, 36]
+    assert inference.window_starts(64, 64, 40) == [0]
+    assert inference.window_starts(200, 64, 64) == [0, 64, 128, 136]
+
+
+def test_sliding_windows_average_overlaps_and_reject_small_images():
+    rng = np.random.default_rng(0)
+    optical = rng.standard_normal((2, 70, 90, 3)).astype(np.float32)
+    sar = rng.standard_normal((2, 70, 90, 3)).astype(np.float32)
+    out = inference.slide(image_as_logits, optical, sar, (32, 48), (20, 30), 3)
+    np.testing.assert_allclose(out, image_as_logits(optical, sar), rtol=1e-6, atol=1e-6)
+    with pytest.raises(inference.InferenceError, match="70x90 is smaller than the 96x96 window"):
+        inference.slide(image_as_logits, optical, sar, (96, 96), (48, 48), 3)
+
+
+def test_tta_undoes_flips_and_scales():
+    rng = np.random.default_rng(0)
+    optical = rng.integers(0, 255, (40, 48, 3)).astype(np.uint8)
+    spec = pipeline.specs.synthetic_spec()
+    probs = inference.tta_probabilities(
+        lambda o, s: image_as_logits(o, s), optical, optical, spec, (1.0,), flip=True
+    )
+    normalised = image_as_logits(
+        transforms.normalise(optical, spec.optical_mean, spec.optical_std),
+        transforms.normalise(optical, spec.sar_mean, spec.sar_std),
+    )
+    np.testing.assert_allclose(probs, jax.nn.softmax(normalised, -1), rtol=1e-5, atol=1e-6)
+    # Several ratios: every variant is resized back to the input size before averaging.
+    multi = inference.tta_probabilities(
+        lambda o, s: image_as_logits(o, s), optical, optical, spec, (0.5, 1.0, 1.5)
+    )
+    assert multi.shape == (40, 48, 3)
+    np.testing.assert_allclose(multi.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_split_metrics_equal_an_independent_computation(setup):
+    _, model, source = setup
+    result, confusion, samples = evaluation.evaluate(
+        model, source, evaluation.Settings(), progress=False
+    )
+    expected = np.zeros((6, 6), np.int64)
+    for i in range(len(source)):
+        ex = transforms.eval_example(source.records[i], source.spec)
+        pred = np.asarray(model(ex["optical"][None], ex["sar"][None])["logits"])[0].argmax(-1)
+        valid = ex["label"] != 255
+        np.add.at(expected, (ex["label"][valid].astype(int), pred[valid]), 1)
+    np.testing.assert_array_equal(confusion, expected)
+    assert len(samples) == 4
+    slide, confusion_slide, _ = evaluation.evaluate(
+        model, source, evaluation.Settings("slide", (64, 64), (64, 64)), progress=False
+    )
+    np.testing.assert_array_equal(confusion_slide, expected)  # one window = whole image
+    assert slide["mIoU"] == result["mIoU"]
+
+
+def run_eval(*args):
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "eval.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_eval_script_writes_metrics_and_pictures_and_explains_bad_input(setup, tmp_path):
+    root, _, _ = setup
+    common = [
+        "--config",
+        str(REPO / "configs" / "demo.py") + ":runlocal",
+        f"--config.data.data_dir={root / 'data'}",
+    ]
+    out = run_eval(
+        *common, "--checkpoint", str(root / "model"), "--tta", "--out", str(tmp_path / "eval")
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["settings"]["tta"] is True and {"mIoU", "OA", "Kappa", "mF1"} <= set(saved)
+    for picture in ("confusion.png", "predictions.png"):
+        assert (tmp_path / "eval" / picture).stat().st_size > 1000
+    assert "mIoU" in out.stdout and "field" in out.stdout
+    # Bad input: a clear message and exit status 1, not a traceback.
+    wrong = ASANet({**MICRO, "num_classes": 4}, rngs=nnx.Rngs(0))
+    checkpointing.save_model(tmp_path / "four", wrong)
+    for args, message in (
+        (
+            ["--checkpoint", str(tmp_path / "four")],
+            "predicts 4 classes but synthetic_rgb_sar has 6",
+        ),
+        (["--checkpoint", str(root / "model"), "--split", "test"], "no split 'test'"),
+        (
+            [
+                "--checkpoint",
+                str(root / "model"),
+                "--mode",
+                "slide",
+                "--window",
+                "128",
+                "--stride",
+                "64",
+            ],
+            "smaller than the 128x128 window",
+        ),
+        (["--checkpoint", str(tmp_path / "nothing")], "no such checkpoint"),
+    ):
+        bad = run_eval(*common, *args, "--out", str(tmp_path / "bad"))
+        assert bad.returncode == 1 and message in bad.stderr, bad.stderr[-2000:]
+        assert "Traceback" not in bad.stderr
