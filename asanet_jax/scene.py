@@ -1,0 +1,248 @@
+"""Label a whole optical + SAR GeoTIFF scene of any size with sliding windows.
+
+Windows are read from disk with rasterio one row of windows at a time, and rows of the
+output are written as soon as no later window can touch them, so memory holds about
+(window height + stride) x scene width pixels whatever the scene's height. The result
+equals sliding-window inference over the whole scene in memory (`inference.slide`).
+
+Output: a single-band uint8 GeoTIFF of class ids with the input's CRS and geotransform,
+255 as nodata (where the optical or SAR input has no data, or the label is ignore), the
+class palette as its colour table; optionally a confidence raster (uint8, the top class
+probability x 255) and a PNG preview. Files are written under temporary names and
+renamed when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+import jax
+import numpy as np
+
+from asanet_jax import inference, visualize
+from asanet_jax.data import io, specs, transforms
+
+NODATA = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneInputs:
+    optical: pathlib.Path
+    sar: pathlib.Path
+    height: int
+    width: int
+    crs: object
+    transform: object
+    optical_bands: int
+    sar_bands: int
+    optical_nodata: float | None
+    sar_nodata: float | None
+
+
+def open_scene(optical_path, sar_path, spec: specs.DatasetSpec) -> SceneInputs:
+    """Check that the two rasters are co-registered and have usable bands."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    meta = {}
+    for role, path in (("optical", optical_path), ("SAR", sar_path)):
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise io.DataError(f"{path}: {role} file not found")
+        try:
+            with rasterio.open(path) as src:
+                meta[role] = (
+                    path,
+                    src.height,
+                    src.width,
+                    src.crs,
+                    src.transform,
+                    src.count,
+                    src.nodata,
+                )
+        except (RasterioError, OSError) as e:
+            raise io.DataError(f"{path}: unreadable {role} raster ({e})") from e
+    (op, oh, ow, ocrs, otr, ocount, onod), (sp, sh, sw, scrs, str_, scount, snod) = (
+        meta["optical"],
+        meta["SAR"],
+    )
+    if (oh, ow) != (sh, sw):
+        raise io.DataError(
+            f"optical and SAR are not co-registered: {op} is {oh}x{ow} but {sp} is {sh}x{sw}"
+        )
+    if ocrs != scrs:
+        raise io.DataError(
+            f"optical and SAR are not co-registered: {op} has CRS {ocrs} but {sp} has {scrs}"
+        )
+    if not otr.almost_equals(str_):
+        raise io.DataError(
+            f"optical and SAR are not co-registered: {op} has geotransform {tuple(otr)[:6]} "
+            f"but {sp} has {tuple(str_)[:6]}"
+        )
+    for field, selection, count, path in (
+        ("optical", spec.optical_bands, ocount, op),
+        ("sar", spec.sar_bands, scount, sp),
+    ):
+        try:
+            specs.model_bands(selection, count, field, str(path))
+        except ValueError as e:
+            raise io.DataError(str(e)) from e
+    return SceneInputs(op, sp, oh, ow, ocrs, otr, ocount, scount, onod, snod)
+
+
+def _read(path, window, nodata) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, bands) float32 and a (H, W) mask of pixels without data."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        data = np.moveaxis(src.read(window=window), 0, -1).astype(np.float32)
+    missing = ~np.isfinite(data).all(-1)
+    if nodata is not None and not np.isnan(nodata):
+        missing |= (data == nodata).all(-1)
+    return np.nan_to_num(data), missing
+
+
+def _model_inputs(optical, sar, spec):
+    record = {"optical": optical, "sar": sar, "label": np.zeros(optical.shape[:2], np.uint8)}
+    example = transforms.eval_example(record, spec)
+    return example["optical"][None], example["sar"][None]
+
+
+def predict_scene(
+    model,
+    optical_path,
+    sar_path,
+    output_path,
+    spec: specs.DatasetSpec,
+    window: int = 512,
+    stride: int | None = None,
+    confidence_path=None,
+    preview_path=None,
+    progress: bool = True,
+) -> pathlib.Path:
+    """Label the scene; returns the output path. See the module docstring."""
+    import rasterio
+    from rasterio.windows import Window
+    from tqdm import tqdm
+
+    scene = open_scene(optical_path, sar_path, spec)
+    stride = stride or max(window * 2 // 3, 1)
+    win = (min(window, scene.height), min(window, scene.width))
+    if scene.height < window or scene.width < window:
+        # A scene smaller than the window is one window: whole-image inference.
+        win = (scene.height, scene.width)
+    ys = inference.window_starts(scene.height, win[0], min(stride, win[0]))
+    xs = inference.window_starts(scene.width, win[1], min(stride, win[1]))
+    k = spec.num_classes
+    streams = model.spec.streams
+
+    @jax.jit
+    def predict(optical, sar):
+        return model(optical if "rgb" in streams else None, sar if "sar" in streams else None)[
+            "logits"
+        ]
+
+    output_path = pathlib.Path(output_path)
+    profile = dict(
+        driver="GTiff",
+        height=scene.height,
+        width=scene.width,
+        count=1,
+        dtype="uint8",
+        crs=scene.crs,
+        transform=scene.transform,
+        nodata=NODATA,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+    )
+    tmp_out = output_path.with_name(f".{output_path.name}.partial")
+    tmp_conf = None
+    if confidence_path is not None:
+        confidence_path = pathlib.Path(confidence_path)
+        tmp_conf = confidence_path.with_name(f".{confidence_path.name}.partial")
+    try:
+        with rasterio.open(tmp_out, "w", **profile) as dst:
+            dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(spec.palette)})
+            conf_dst = (
+                rasterio.open(tmp_conf, "w", **{**profile, "nodata": 0}) if tmp_conf else None
+            )
+            # Logit sums and window counts for rows [top, top + rows) of the scene.
+            top, acc, cnt, missing = 0, None, None, None
+            bar = tqdm(
+                total=len(ys) * len(xs), unit="window", disable=not progress, desc=output_path.name
+            )
+            for i, y in enumerate(ys):
+                band = Window(0, y, scene.width, win[0])
+                optical, miss_o = _read(scene.optical, band, scene.optical_nodata)
+                sar, miss_s = _read(scene.sar, band, scene.sar_nodata)
+                if acc is None:
+                    top = y
+                    acc = np.zeros((0, scene.width, k), np.float32)
+                    cnt = np.zeros((0, scene.width, 1), np.float32)
+                    missing = np.zeros((0, scene.width), bool)
+                grow = y + win[0] - (top + acc.shape[0])
+                if grow > 0:
+                    acc = np.concatenate([acc, np.zeros((grow, scene.width, k), np.float32)])
+                    cnt = np.concatenate([cnt, np.zeros((grow, scene.width, 1), np.float32)])
+                    missing = np.concatenate([missing, np.zeros((grow, scene.width), bool)])
+                rows = slice(y - top, y - top + win[0])
+                missing[rows] |= miss_o | miss_s
+                o_in, s_in = _model_inputs(optical, sar, spec)
+                for x in xs:
+                    cols = slice(x, x + win[1])
+                    acc[rows, cols] += np.asarray(predict(o_in[:, :, cols], s_in[:, :, cols]))[0]
+                    cnt[rows, cols] += 1
+                    bar.update(1)
+                # Rows above the next window row are final: write and drop them.
+                done = (ys[i + 1] if i + 1 < len(ys) else scene.height) - top
+                if done > 0:
+                    _write_rows(dst, conf_dst, top, acc[:done], cnt[:done], missing[:done])
+                    acc, cnt, missing = acc[done:], cnt[done:], missing[done:]
+                    top += done
+            bar.close()
+            if conf_dst is not None:
+                conf_dst.close()
+        os.replace(tmp_out, output_path)
+        if tmp_conf is not None:
+            os.replace(tmp_conf, confidence_path)
+    except BaseException:
+        for p in (tmp_out, tmp_conf):
+            if p is not None and p.exists():
+                p.unlink()
+        raise
+    if preview_path is not None:
+        write_preview(output_path, preview_path, spec)
+    return output_path
+
+
+def _write_rows(dst, conf_dst, top, acc, cnt, missing):
+    from rasterio.windows import Window
+
+    logits = acc / np.maximum(cnt, 1)
+    label = logits.argmax(-1).astype(np.uint8)
+    label[missing] = NODATA
+    window = Window(0, top, label.shape[1], label.shape[0])
+    dst.write(label[None], window=window)
+    if conf_dst is not None:
+        p = np.asarray(jax.nn.softmax(logits, -1)).max(-1)
+        conf = np.clip(np.rint(p * 255), 1, 255).astype(np.uint8)
+        conf[missing] = 0
+        conf_dst.write(conf[None], window=window)
+
+
+def write_preview(label_path, preview_path, spec, max_side: int = 1024) -> None:
+    """A colour PNG of the label raster, decimated so its longer side is at most max_side."""
+    import rasterio
+
+    with rasterio.open(label_path) as src:
+        scale = max(src.height, src.width) / max_side
+        shape = (
+            max(1, round(src.height / max(scale, 1))),
+            max(1, round(src.width / max(scale, 1))),
+        )
+        label = src.read(1, out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
+    visualize.save_png(visualize.colorize(label, spec.palette, NODATA), preview_path)

@@ -1,0 +1,71 @@
+"""Label a whole optical + SAR GeoTIFF scene with a trained model.
+
+    python scripts/predict.py --checkpoint runs/pie/model --dataset pie_rgb_sar \
+        --optical scene_rgb.tif --sar scene_sar.tif --output scene_labels.tif \
+        [--window 512 --stride 341 --confidence scene_conf.tif --preview scene.png]
+
+--dataset names the dataset the model was trained on (its normalisation, band order and
+palette): a built-in name, or any dataset built under --data_dir (e.g. your
+rgb_sar_folder dataset). The scene is read window by window, so it may be far larger
+than memory. The output is a uint8 GeoTIFF of class ids (255 = no data) with the input's
+CRS and geotransform and the class palette as colour table.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+from asanet_jax import evaluation, scene
+from asanet_jax.convert.reader import CheckpointError
+from asanet_jax.data import io, pipeline, specs
+
+flags.DEFINE_string("checkpoint", None, "Model directory or official .pth/.safetensors.")
+flags.DEFINE_string("optical", None, "Optical GeoTIFF.")
+flags.DEFINE_string("sar", None, "SAR GeoTIFF, co-registered with the optical one.")
+flags.DEFINE_string("output", None, "Output label GeoTIFF.")
+flags.DEFINE_string("dataset", "pie_rgb_sar", "Dataset the model was trained on.")
+flags.DEFINE_string("data_dir", None, "Where a non-built-in --dataset was built.")
+flags.DEFINE_integer("window", 512, "Window size in pixels.")
+flags.DEFINE_integer("stride", None, "Window stride (default: 2/3 of the window).")
+flags.DEFINE_string("confidence", None, "Optional confidence GeoTIFF (top probability x 255).")
+flags.DEFINE_string("preview", None, "PNG preview (default: <output>.png).")
+flags.mark_flags_as_required(["checkpoint", "optical", "sar", "output"])
+
+
+def dataset_spec(name: str, data_dir: str | None) -> specs.DatasetSpec:
+    if data_dir is not None:
+        return pipeline.open_source(data_dir, name, "train").spec
+    try:
+        return specs.get_spec(name)
+    except KeyError as e:
+        raise io.DataError(f"{e.args[0]}; for your own dataset pass --data_dir") from None
+
+
+def main(argv) -> int:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    f = flags.FLAGS
+    try:
+        spec = dataset_spec(f.dataset, f.data_dir)
+        model, _ = evaluation.load_checkpoint(f.checkpoint)
+        if model.spec.num_classes != spec.num_classes:
+            raise evaluation.EvaluationError(
+                f"the checkpoint predicts {model.spec.num_classes} classes but {spec.name} "
+                f"has {spec.num_classes}"
+            )
+        preview = f.preview or str(pathlib.Path(f.output).with_suffix(".png"))
+        out = scene.predict_scene(
+            model, f.optical, f.sar, f.output, spec, f.window, f.stride, f.confidence, preview
+        )
+    except (io.DataError, evaluation.EvaluationError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} and {preview}" + (f" and {f.confidence}" if f.confidence else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
