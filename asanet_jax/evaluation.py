@@ -58,9 +58,14 @@ def check_fits(model, source: pipeline.Source) -> None:
         )
 
 
-def evaluate(model, source: pipeline.Source, settings: Settings, progress: bool = True):
+def evaluate(
+    model, source: pipeline.Source, settings: Settings, progress: bool = True, corrupt=None
+):
     """(metrics, confusion (K, K), samples) over the split; samples are the first
-    `keep_samples` examples with their predictions, for pictures."""
+    `keep_samples` examples with their predictions, for pictures.
+
+    `corrupt(optical, sar, index) -> (optical, sar)` alters the decoded images (model
+    channel order, 0..255) before normalisation (see corruptions.py)."""
     from tqdm import tqdm
 
     check_fits(model, source)
@@ -87,9 +92,15 @@ def evaluate(model, source: pipeline.Source, settings: Settings, progress: bool 
         range(len(source)), desc=f"{source.name}/{source.split}", unit="img", disable=not progress
     ):
         record = source.records[i]
-        example = transforms.eval_example(record, spec)
+        optical_raw, sar_raw = transforms.model_channels(record, spec)
+        if corrupt is not None:
+            optical_raw, sar_raw = corrupt(optical_raw, sar_raw, i)
+        example = {
+            "optical": transforms.normalise(optical_raw, spec.optical_mean, spec.optical_std),
+            "sar": transforms.normalise(sar_raw, spec.sar_mean, spec.sar_std),
+            "label": record["label"],
+        }
         if settings.tta:
-            optical_raw, sar_raw = transforms.model_channels(record, spec)
             probs = inference.tta_probabilities(infer, optical_raw, sar_raw, spec, ratios)
             pred = probs.argmax(-1)
         else:
@@ -102,3 +113,35 @@ def evaluate(model, source: pipeline.Source, settings: Settings, progress: bool 
             samples.append((example, pred))
     confusion = np.asarray(confusion)
     return metrics.summarize(confusion, spec.classes), confusion, samples
+
+
+def robustness(
+    model, source: pipeline.Source, settings: Settings, seed: int = 0, progress: bool = True
+) -> dict[str, float]:
+    """mIoU under every corruption of corruptions.suite(seed), clean first."""
+    from asanet_jax import corruptions
+
+    table = {}
+    for name, corrupt in corruptions.suite(seed).items():
+        result, _, _ = evaluate(model, source, settings, progress=progress, corrupt=corrupt)
+        table[name] = result["mIoU"]
+        if progress:
+            print(f"{name}: mIoU {result['mIoU']:.2f}", flush=True)
+    return table
+
+
+def robustness_markdown(table: dict[str, float]) -> str:
+    """The table as the README shows it: a row per corruption, a column per severity."""
+    lines = [
+        "| corruption | " + " | ".join(f"severity {s}" for s in range(1, 6)) + " |",
+        "| --- |" + " --- |" * 5,
+    ]
+    for kind in ("clouds", "fog"):
+        lines.append(
+            f"| {kind} | " + " | ".join(f"{table[f'{kind}_{s}']:.2f}" for s in range(1, 6)) + " |"
+        )
+    lines.append(
+        f"\nclean {table['clean']:.2f}; optical missing {table['optical_missing']:.2f}; "
+        f"SAR missing {table['sar_missing']:.2f} (mIoU)"
+    )
+    return "\n".join(lines)

@@ -85,3 +85,61 @@ def confusion_image(confusion: np.ndarray, class_names, cell: int = 56) -> np.nd
             )
     draw.text((margin, 2), "rows: label, columns: prediction (% of row)", fill="black")
     return np.asarray(image)
+
+
+def robustness_plot(table: dict[str, float], size=(560, 360)) -> np.ndarray:
+    """mIoU against severity for clouds and fog, with the clean and missing-modality
+    levels as horizontal lines."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    left, right, top, bottom = 50, 130, 20, 40
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+
+    def xy(severity, miou):
+        x = left + (severity - 1) / 4 * (w - left - right)
+        y = top + (1 - miou / 100) * (h - top - bottom)
+        return x, y
+
+    for v in range(0, 101, 20):
+        y = xy(1, v)[1]
+        draw.line([(left, y), (w - right, y)], fill=(225, 225, 225))
+        draw.text((8, y - 6), f"{v}", fill="black")
+    for s in range(1, 6):
+        draw.text((xy(s, 0)[0] - 3, h - bottom + 6), str(s), fill="black")
+    draw.text(((w - right) // 2 - 20, h - 16), "severity", fill="black")
+    draw.text((4, 2), "mIoU", fill="black")
+    levels = [
+        ("clean", (0, 0, 0)),
+        ("optical_missing", (150, 150, 150)),
+        ("sar_missing", (120, 60, 160)),
+    ]
+    for name, colour in levels:
+        y = xy(1, table[name])[1]
+        for x in range(left, w - right, 8):
+            draw.line([(x, y), (x + 4, y)], fill=colour)
+        draw.text((w - right + 6, y - 6), f"{name} {table[name]:.1f}", fill=colour)
+    for kind, colour in (("clouds", (30, 110, 220)), ("fog", (220, 120, 30))):
+        points = [xy(s, table[f"{kind}_{s}"]) for s in range(1, 6)]
+        draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse([(x - 3, y - 3), (x + 3, y + 3)], fill=colour)
+        draw.text((points[-1][0] + 6, points[-1][1] - 6), kind, fill=colour)
+    return np.asarray(image)
+
+
+def corruption_examples(optical_rgb: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Rows: clouds and fog; columns: severities 1..5 of one RGB image (0..255)."""
+    from asanet_jax import corruptions
+
+    rows = []
+    for fn in (corruptions.clouds, corruptions.fog):
+        tiles = [
+            np.clip(fn(optical_rgb.astype(np.float32), s, seed), 0, 255).astype(np.uint8)
+            for s in corruptions.SEVERITIES
+        ]
+        gap = np.full((optical_rgb.shape[0], 4, 3), 255, np.uint8)
+        rows.append(np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1))
+    hgap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([rows[0], hgap, rows[1]], axis=0)

@@ -13,6 +13,7 @@ dataset's evaluation split unless --split is given. Writes <out>/metrics.json,
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 
@@ -35,6 +36,8 @@ flags.DEFINE_integer("window", None, "Sliding window size (square).")
 flags.DEFINE_integer("stride", None, "Sliding window stride.")
 flags.DEFINE_bool("tta", False, "The official multi-scale + horizontal-flip TTA.")
 flags.DEFINE_string("out", "eval", "Output folder.")
+flags.DEFINE_bool("robustness", False, "Also run the cloud/fog/missing-modality suite.")
+flags.DEFINE_integer("seed", 0, "Seed of the robustness corruptions.")
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 
@@ -80,6 +83,15 @@ def main(argv) -> int:
     visualize.save_png(panel, out / "predictions.png")
     print(metrics.format_table(result))
     print(f"wrote {out / 'metrics.json'}, {out / 'confusion.png'}, {out / 'predictions.png'}")
+    if f.robustness:
+        table = evaluation.robustness(model, source, settings, seed=f.seed)
+        (out / "robustness.json").write_text(json.dumps(table, indent=2) + "\n")
+        (out / "robustness.md").write_text(evaluation.robustness_markdown(table) + "\n")
+        visualize.save_png(visualize.robustness_plot(table), out / "robustness.png")
+        first = visualize.display_optical(examples[0]["optical"], source.spec)
+        visualize.save_png(visualize.corruption_examples(first, f.seed), out / "corruptions.png")
+        print(evaluation.robustness_markdown(table))
+        print(f"wrote {out / 'robustness.json'}, robustness.md, robustness.png, corruptions.png")
     return 0
 
 

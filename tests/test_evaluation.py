@@ -1,6 +1,7 @@
 """Evaluation: whole, sliding-window and TTA inference; metrics over a split against an
 independent computation; the eval script's outputs and its error messages."""
 
+import itertools
 import json
 import pathlib
 import subprocess
@@ -115,13 +116,22 @@ def test_eval_script_writes_metrics_and_pictures_and_explains_bad_input(setup, t
         f"--config.data.data_dir={root / 'data'}",
     ]
     out = run_eval(
-        *common, "--checkpoint", str(root / "model"), "--tta", "--out", str(tmp_path / "eval")
+        *common,
+        "--checkpoint",
+        str(root / "model"),
+        "--tta",
+        "--robustness",
+        "--out",
+        str(tmp_path / "eval"),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["settings"]["tta"] is True and {"mIoU", "OA", "Kappa", "mF1"} <= set(saved)
-    for picture in ("confusion.png", "predictions.png"):
+    for picture in ("confusion.png", "predictions.png", "robustness.png", "corruptions.png"):
         assert (tmp_path / "eval" / picture).stat().st_size > 1000
+    table = json.loads((tmp_path / "eval" / "robustness.json").read_text())
+    assert len(table) == 13 and table["clean"] == saved["mIoU"]  # same settings (TTA)
+    assert "| clouds |" in (tmp_path / "eval" / "robustness.md").read_text()
     assert "mIoU" in out.stdout and "field" in out.stdout
     # Bad input: a clear message and exit status 1, not a traceback.
     wrong = ASANet({**MICRO, "num_classes": 4}, rngs=nnx.Rngs(0))
@@ -150,3 +160,26 @@ def test_eval_script_writes_metrics_and_pictures_and_explains_bad_input(setup, t
         bad = run_eval(*common, *args, "--out", str(tmp_path / "bad"))
         assert bad.returncode == 1 and message in bad.stderr, bad.stderr[-2000:]
         assert "Traceback" not in bad.stderr
+
+
+def test_corruptions_are_deterministic_and_grow_with_severity():
+    from asanet_jax import corruptions
+
+    rng = np.random.default_rng(0)
+    optical = rng.uniform(20, 120, (96, 80, 3)).astype(np.float32)
+    a = corruptions.clouds(optical, 3, seed=1, index=5)
+    np.testing.assert_array_equal(a, corruptions.clouds(optical, 3, seed=1, index=5))
+    assert not np.array_equal(a, corruptions.clouds(optical, 3, seed=2, index=5))
+    covered = [(corruptions.clouds(optical, s, 0, 0).mean(-1) > 200).mean() for s in range(1, 6)]
+    assert all(x < y for x, y in itertools.pairwise(covered)), covered
+    assert covered[0] < 0.2 and covered[-1] > 0.6
+    # Fog: I = J t + A (1 - t); contrast (std) shrinks as t falls with severity.
+    contrast = [corruptions.fog(optical, s, 0, 0).std() for s in range(1, 6)]
+    assert all(x > y for x, y in itertools.pairwise(contrast)), contrast
+    foggy = corruptions.fog(optical, 5, 0, 0)
+    t_max = np.exp(-corruptions.FOG_BETA[4] * 0.7)  # depth >= 0.7
+    assert (foggy >= optical * t_max + corruptions.AIRLIGHT * (1 - t_max) - 1e-3).all()
+    suite = corruptions.suite(0)
+    assert len(suite) == 13
+    o, s = suite["sar_missing"](optical, optical, 0)
+    assert (s == 0).all() and np.array_equal(o, optical)
