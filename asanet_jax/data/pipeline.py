@@ -50,6 +50,24 @@ def open_source(data_dir, name: str, split: str, config: str | None = None) -> S
     return Source(records, specs.DatasetSpec.from_dict(dict(spec_dict)), name, split)
 
 
+class _Subset:
+    def __init__(self, records, indices):
+        self.records, self.indices = records, list(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.records[self.indices[i]]
+
+
+def subset(source: Source, count: int) -> Source:
+    """The first `count` examples of a split (e.g. for a quick look in a notebook)."""
+    if not 0 < count <= len(source):
+        raise ValueError(f"count={count}; {source.name}/{source.split} has {len(source)}")
+    return dataclasses.replace(source, records=_Subset(source.records, range(count)))
+
+
 def host_shard(num_examples: int, process_index: int, process_count: int) -> slice:
     """Examples of this host: a strided slice, disjoint across hosts, covering the split."""
     if not 0 <= process_index < process_count:
