@@ -292,3 +292,53 @@ def test_train_script_trains_on_a_pie_format_folder(tmp_path):
     # A second run into the finished directory is refused with a clear message.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 1 and "holds a finished run" in again.stderr
+
+
+@pytest.mark.parametrize("form", ["pth", "model_directory"])
+def test_imagenet_initialisation_fills_both_streams(golden_state, tmp_path, form):
+    import torch
+
+    from asanet_jax.train import sharding
+
+    prefix = "backbone.backbone."
+    state = {
+        f"backbone.{k[len(prefix) :]}": torch.from_numpy(np.array(v))
+        for k, v in golden_state.items()
+        if k.startswith(prefix) and not k[len(prefix) :].startswith(("norm0", "norm1", "norm2"))
+    }
+    torch.save({"state_dict": state}, tmp_path / "in1k.pth")
+    init = tmp_path / "in1k.pth"
+    if form == "model_directory":
+        from asanet_jax.convert.cli import convert_main
+
+        convert_main(
+            [
+                "--kind",
+                "imagenet",
+                "--torch_checkpoint",
+                str(init),
+                "--output",
+                str(tmp_path / "init"),
+                "--set",
+                "num_classes=6",
+            ]
+        )
+        init = tmp_path / "init"
+    config = load_config("demo", "runlocal")
+    config.model.depths, config.model.channels = (1, 1, 2, 1), (16, 32, 64, 128)
+    config.train.init_from = str(init)
+    mesh = sharding.make_mesh(config.mesh)
+
+    def tx_factory(params, spec):
+        return optimizer.make_optimizer(params, spec, config.optim, 10)
+
+    state, _, _ = trainer.create_state(config, mesh, tx_factory)
+    model = nnx.merge(state.graphdef, state.state)
+    for stream in (model.optical, model.sar):
+        np.testing.assert_array_equal(
+            stream.stages[2][1].grn.gamma[...], golden_state[prefix + "stages.2.1.grn.gamma"]
+        )
+        np.testing.assert_array_equal(
+            np.asarray(stream.downsample_layers[0].conv.kernel[...]).transpose(3, 2, 0, 1),
+            golden_state[prefix + "downsample_layers.0.0.weight"],
+        )

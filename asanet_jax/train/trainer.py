@@ -94,10 +94,7 @@ def create_state(config, mesh, tx_factory) -> tuple[TrainState, object, optax.Sc
     state_shardings = sharding.tree_shardings(abstract_state, mesh)
     if config.train.init_from:
         model = make()
-        from asanet_jax.convert import imagenet
-
-        report = imagenet.load_imagenet_backbone(model, config.train.init_from)
-        print(f"initialised both streams from {config.train.init_from}: {report}")
+        init_streams(model, config.train.init_from)
         state = jax.device_put(nnx.state(model), state_shardings)
     else:
         state = jax.jit(lambda: nnx.state(make()), out_shardings=state_shardings)()
@@ -106,6 +103,32 @@ def create_state(config, mesh, tx_factory) -> tuple[TrainState, object, optax.Sc
     opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh)
     opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     return TrainState(graphdef, eval_graphdef, state, opt_state), tx, schedule
+
+
+def init_streams(model: ASANet, path) -> None:
+    """Initialise every backbone stream of `model` in place from ImageNet weights: a raw
+    ConvNeXt V2 checkpoint (mmpretrain, FAIR or timm .pth/.safetensors) or a model
+    directory written by `convert_torch_weights.py --kind imagenet`."""
+    from asanet_jax.convert import imagenet, official
+
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        report = imagenet.load_imagenet_backbone(model, path)
+        print(
+            f"initialised {', '.join(model.spec.streams)} stream(s) from {path}: {report['format']}"
+        )
+        return
+    source, _, _ = checkpointing.load_model(path)
+    given = official.flat_weights(source)
+    streams = tuple(f"{s}." for s in ("optical", "sar") if getattr(model, s) is not None)
+    values = {k: np.asarray(v[...]) for k, v in given.items() if k.startswith(streams)}
+    if not values:
+        raise TrainingError(f"{path}: holds no backbone weights for streams {streams}")
+    try:
+        official.set_weights(model, values)
+    except ValueError as e:
+        raise TrainingError(f"{path}: backbone does not fit config.model: {e}") from None
+    print(f"initialised {len(values)} backbone tensors from {path}")
 
 
 def make_train_step(train_state: TrainState, tx, spec, aux_weight: float, mesh):
@@ -319,7 +342,10 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
             if writer:
                 for key in ("mIoU", "OA", "Kappa", "mF1"):
                     writer.add_scalar(f"eval/{key}", last_metrics[key], done)
-            bar.write(f"step {done}: " + metrics.format_table(last_metrics).splitlines()[-1])
+            bar.write(
+                f"step {done}, {eval_source.name}/{eval_source.split}:\n"
+                + metrics.format_table(last_metrics)
+            )
         if checkpoint_now or done == end:
             data_state = data_iter.get_state()
             ckpt.save(done, train_state.state, train_state.opt_state, data_state)
