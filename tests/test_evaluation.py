@@ -10,28 +10,19 @@ import sys
 import jax
 import numpy as np
 import pytest
-from flax import nnx
+from micro import micro_model
 
 from asanet_jax import checkpointing, evaluation, inference
 from asanet_jax.data import build, pipeline, transforms
-from asanet_jax.models.asanet import ASANet
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-MICRO = {
-    "backbone": "atto",
-    "depths": (1, 1, 1, 1),
-    "channels": (8, 16, 24, 32),
-    "decoder_channels": 16,
-    "aux_channels": 8,
-}
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     build.build("synthetic_rgb_sar", root / "data", config="tiny")
-    model = ASANet({**MICRO, "num_classes": 6}, rngs=nnx.Rngs(1))
-    model.eval()
+    model = micro_model(6, seed=1)
     checkpointing.save_model(root / "model", model)
     source = pipeline.open_source(root / "data", "synthetic_rgb_sar", "val")
     return root, model, source
@@ -134,7 +125,7 @@ def test_eval_script_writes_metrics_and_pictures_and_explains_bad_input(setup, t
     assert "| clouds |" in (tmp_path / "eval" / "robustness.md").read_text()
     assert "mIoU" in out.stdout and "field" in out.stdout
     # Bad input: a clear message and exit status 1, not a traceback.
-    wrong = ASANet({**MICRO, "num_classes": 4}, rngs=nnx.Rngs(0))
+    wrong = micro_model(4)
     checkpointing.save_model(tmp_path / "four", wrong)
     for args, message in (
         (

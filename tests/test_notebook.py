@@ -3,27 +3,16 @@
 import pathlib
 
 import nbformat
-from flax import nnx
+from micro import micro_model
 from nbclient import NotebookClient
 
 from asanet_jax import checkpointing
-from asanet_jax.models.asanet import ASANet
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "eval_colab.ipynb"
 
 
 def test_eval_notebook_executes(tmp_path, monkeypatch):
-    model = ASANet(
-        {
-            "backbone": "atto",
-            "depths": (1, 1, 1, 1),
-            "channels": (8, 16, 24, 32),
-            "decoder_channels": 16,
-            "aux_channels": 8,
-            "num_classes": 6,
-        },
-        rngs=nnx.Rngs(0),
-    )
+    model = micro_model()
     checkpointing.save_model(tmp_path / "model", model)
     env = {
         "ASANET_CHECKPOINT": str(tmp_path / "model"),

@@ -9,29 +9,18 @@ import jax
 import numpy as np
 import pytest
 import rasterio
-from flax import nnx
+from micro import micro_model
 
 from asanet_jax import checkpointing, inference, scene
 from asanet_jax.data import fake_sources, io, specs, transforms
-from asanet_jax.models.asanet import ASANet
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPEC = specs.synthetic_spec()
-MICRO = {
-    "backbone": "atto",
-    "depths": (1, 1, 1, 1),
-    "channels": (8, 16, 24, 32),
-    "decoder_channels": 16,
-    "aux_channels": 8,
-    "num_classes": 6,
-}
 
 
 @pytest.fixture(scope="module")
 def model():
-    m = ASANet(MICRO, rngs=nnx.Rngs(2))
-    m.eval()
-    return m
+    return micro_model(6, seed=2)
 
 
 def write_scene(root, shape, crs="EPSG:32650", sar_crs=None, optical_bands=3):
