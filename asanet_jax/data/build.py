@@ -9,6 +9,11 @@ import tensorflow_datasets as tfds
 
 from asanet_jax.data import io
 
+
+class NotBuiltError(io.DataError):
+    """The dataset has not been built under the data directory."""
+
+
 BUILDERS = ("pie_rgb_sar", "ddhr_sk", "whu_opt_sar", "rgb_sar_folder", "synthetic_rgb_sar")
 
 
@@ -64,7 +69,7 @@ def builder_dir(data_dir: str | pathlib.Path, name: str, config: str | None = No
         root = root / config
     versions = _versions(root)
     if not versions:
-        raise io.DataError(
+        raise NotBuiltError(
             f"{root}: no built dataset {name!r} found; build it first "
             f"(tfds build tfds_builders/{name} --data_dir {data_dir} ...)"
         )

@@ -68,10 +68,14 @@ def subset(source: Source, count: int) -> Source:
     return dataclasses.replace(source, records=_Subset(source.records, range(count)))
 
 
-def host_shard(num_examples: int, process_index: int, process_count: int) -> slice:
-    """Examples of this host: a strided slice, disjoint across hosts, covering the split."""
+def check_process(process_index: int, process_count: int) -> None:
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} outside 0..{process_count - 1}")
+
+
+def host_shard(num_examples: int, process_index: int, process_count: int) -> slice:
+    """Examples of this host: a strided slice, disjoint across hosts, covering the split."""
+    check_process(process_index, process_count)
     if num_examples < process_count:
         raise io.DataError(f"{num_examples} examples cannot be split over {process_count} hosts")
     return slice(process_index, None, process_count)
@@ -103,7 +107,7 @@ def train_dataset(
     process_count = jax.process_count() if process_count is None else process_count
     augment = augment or transforms.Augment.for_spec(source.spec)
     local = local_batch_size(global_batch, process_count)
-    host_shard(global_batch, process_index, process_count)  # validates the indices
+    check_process(process_index, process_count)
     examples = grain.MapDataset.source(source.records).shuffle(seed=seed).repeat(None)
     examples = examples.random_map(
         functools.partial(_augment, spec=source.spec, augment=augment), seed=seed

@@ -58,9 +58,7 @@ def open_data(config: ml_collections.ConfigDict, split: str) -> pipeline.Source:
     d = config.data
     try:
         return pipeline.open_source(d.data_dir, d.name, split, d.tfds_config)
-    except io.DataError as missing:
-        if "no built dataset" not in str(missing):
-            raise
+    except build.NotBuiltError as missing:
         if d.manual_dir is None and d.name != "synthetic_rgb_sar":
             raise io.DataError(
                 f"{missing}; or set --config.data.manual_dir to the source dataset"
