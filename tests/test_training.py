@@ -342,3 +342,16 @@ def test_imagenet_initialisation_fills_both_streams(golden_state, tmp_path, form
             np.asarray(stream.downsample_layers[0].conv.kernel[...]).transpose(3, 2, 0, 1),
             golden_state[prefix + "downsample_layers.0.0.weight"],
         )
+
+
+def test_run_stopped_after_its_last_checkpoint_finishes_without_training(uninterrupted, tmp_path):
+    import shutil
+
+    root, result = uninterrupted
+    shutil.copytree(root / "run", tmp_path / "run")
+    for name in ("run.json", "metrics.json"):
+        (tmp_path / "run" / name).unlink()
+    shutil.rmtree(tmp_path / "run" / "model")
+    again = trainer.train(micro_config(root / "data"), tmp_path / "run")
+    assert json.loads(metrics.to_json(again)) == json.loads(metrics.to_json(result))
+    assert (tmp_path / "run" / "model").is_dir() and (tmp_path / "run" / "run.json").is_file()

@@ -358,6 +358,16 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
         writer.close()
     if end < steps:
         return last_metrics or {}
+    if last_metrics is None:
+        # Resumed from the final checkpoint of a run stopped before it wrote its results.
+        last_metrics = evaluate(
+            train_state,
+            eval_step,
+            eval_source,
+            data_spec.num_classes,
+            config.data.eval_batch_size,
+            mesh,
+        )
     model = nnx.merge(train_state.eval_graphdef, train_state.state)
     nnx.update(model, _gather(nnx.state(model, WEIGHTS)))
     if jax.process_index() == 0:
