@@ -129,10 +129,9 @@ def predict_scene(
 
     scene = open_scene(optical_path, sar_path, spec)
     stride = stride or max(window * 2 // 3, 1)
+    # Along a side shorter than the window, the window is the whole side; a scene within
+    # one window is therefore whole-image inference.
     win = (min(window, scene.height), min(window, scene.width))
-    if scene.height < window or scene.width < window:
-        # A scene smaller than the window is one window: whole-image inference.
-        win = (scene.height, scene.width)
     ys = inference.window_starts(scene.height, win[0], min(stride, win[0]))
     xs = inference.window_starts(scene.width, win[1], min(stride, win[1]))
     k = spec.num_classes
