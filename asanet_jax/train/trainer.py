@@ -282,6 +282,17 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
     train_step = make_train_step(train_state, tx, spec, config.train.aux_weight, mesh)
     eval_step = make_eval_step(train_state, spec, mesh)
     batch_sharding = sharding.batch_sharding(mesh)
+
+    def run_eval() -> dict:
+        return evaluate(
+            train_state,
+            eval_step,
+            eval_source,
+            data_spec.num_classes,
+            config.data.eval_batch_size,
+            mesh,
+        )
+
     writer = _tensorboard(workdir)
     end = steps if stop_after is None else min(steps, start + stop_after)
     pending: list[tuple[int, dict]] = []
@@ -329,14 +340,7 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
             )
             bar.update(len(fetched))
         if eval_now:
-            last_metrics = evaluate(
-                train_state,
-                eval_step,
-                eval_source,
-                data_spec.num_classes,
-                config.data.eval_batch_size,
-                mesh,
-            )
+            last_metrics = run_eval()
             if writer:
                 for key in ("mIoU", "OA", "Kappa", "mF1"):
                     writer.add_scalar(f"eval/{key}", last_metrics[key], done)
@@ -360,14 +364,7 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
         return last_metrics or {}
     if last_metrics is None:
         # Resumed from the final checkpoint of a run stopped before it wrote its results.
-        last_metrics = evaluate(
-            train_state,
-            eval_step,
-            eval_source,
-            data_spec.num_classes,
-            config.data.eval_batch_size,
-            mesh,
-        )
+        last_metrics = run_eval()
     model = nnx.merge(train_state.eval_graphdef, train_state.state)
     nnx.update(model, _gather(nnx.state(model, WEIGHTS)))
     if jax.process_index() == 0:
