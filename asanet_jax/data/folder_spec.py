@@ -124,7 +124,7 @@ class FolderSpec:
         if absent:
             raise io.DataError(f"{path}: missing required keys {absent}")
         try:
-            return cls(**{k: specs._tuplify(v) if k != "splits" else v for k, v in raw.items()})
+            return cls(**{k: specs.tuplify(v) if k != "splits" else v for k, v in raw.items()})
         except (TypeError, ValueError) as e:
             raise io.DataError(f"{path}: {e}") from e
 

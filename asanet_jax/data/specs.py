@@ -72,12 +72,13 @@ class DatasetSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown dataset spec fields {unknown}; known: {sorted(known)}")
-        return cls(**{k: _tuplify(v) for k, v in d.items()})
+        return cls(**{k: tuplify(v) for k, v in d.items()})
 
 
-def _tuplify(v):
+def tuplify(v):
+    """JSON lists back to (nested) tuples, as the frozen specs hold them."""
     if isinstance(v, list):
-        return tuple(_tuplify(x) for x in v)
+        return tuple(tuplify(x) for x in v)
     return v
 
 
