@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from asanet_jax.models import winograd
+
 F32 = jnp.float32
 
 
@@ -29,10 +31,44 @@ class LayerNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(F32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        mean = channel_mean(x32)
+        var = channel_mean(jnp.square(x32 - mean))
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
         return (y * self.scale[...] + self.bias[...]).astype(self.dtype or x.dtype)
+
+
+def channel_mean(x: jax.Array) -> jax.Array:
+    """Mean over the last axis, kept: (..., C) -> (..., 1), float32.
+
+    On CPU the sum is a matrix product with a ones vector. XLA:CPU fuses a
+    reduction with its producer, and fed by the 49-tap depthwise convolution that
+    fusion splits into a dozen materialised slices: a stage-1 block's depthwise
+    conv + LayerNorm took 86 ms at batch 8 as a reduction, 25 ms as a product.
+    """
+    if jax.default_backend() != "cpu":
+        return x.mean(-1, keepdims=True)
+    return _mean_by_product(x)
+
+
+@jax.custom_vjp
+def _mean_by_product(x: jax.Array) -> jax.Array:
+    ones = jnp.ones((x.shape[-1], 1), x.dtype)
+    return jnp.matmul(x, ones, precision=jax.lax.Precision.HIGHEST) / x.shape[-1]
+
+
+def _mean_by_product_fwd(x):
+    # The residual is only a carrier of the shape: the gradient does not depend on x.
+    return _mean_by_product(x), jnp.zeros((0, *x.shape), x.dtype)
+
+
+def _mean_by_product_bwd(carrier, g):
+    # The plain broadcast of g / C, which fuses with its neighbours; autodiff would
+    # transpose the product into an outer product with the ones vector.
+    shape = carrier.shape[1:]
+    return (jnp.broadcast_to(g / shape[-1], shape),)
+
+
+_mean_by_product.defvjp(_mean_by_product_fwd, _mean_by_product_bwd)
 
 
 class BatchNorm(nnx.Module):
@@ -220,6 +256,8 @@ def conv(
 class ConvModule(nnx.Module):
     """mmcv ``ConvModule``: conv (no bias) -> BatchNorm -> optional ReLU.
 
+    A 3x3 'same' conv on a large float32 map on CPU runs as Winograd F(4x4, 3x3)
+    (see ``winograd.preferred``); elsewhere XLA's convolution.
     x: (B, H, W, in_features) -> (B, H', W', out_features).
     """
 
@@ -235,6 +273,8 @@ class ConvModule(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.relu = relu
+        self.dtype = dtype
+        self.same_3x3 = kernel_size == 3 and padding == 1
         self.conv = conv(
             in_features,
             out_features,
@@ -247,5 +287,10 @@ class ConvModule(nnx.Module):
         self.bn = BatchNorm(out_features)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.bn(self.conv(x))
+        x = x.astype(self.dtype)
+        if self.same_3x3 and winograd.preferred(x):
+            x = winograd.conv3x3(x, self.conv.kernel[...].astype(self.dtype))
+        else:
+            x = self.conv(x)
+        x = self.bn(x)
         return jax.nn.relu(x) if self.relu else x
