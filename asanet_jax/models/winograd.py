@@ -8,11 +8,12 @@ multiplications per channel pair instead of 144, as 36 independent matrix produc
 
     Y = A^T [ (G g G^T) * (B^T d B) ] A          per tile, * elementwise
 
-The transforms are fixed sums of strided slices, so autodiff goes through them and
-the backward pass is Winograd too. In float32 the result differs from the direct
-convolution by a few 1e-6 relative (measured on the golden fixture in
-``tests/test_parity.py``), the size of float32 noise between the official model in
-float32 and float64.
+The transforms are fixed sums of strided slices. The backward is written out
+(``_conv3x3_bwd``) and is Winograd too: the input gradient is another Winograd
+convolution, the kernel gradient 36 products of transformed tiles. In float32 the
+result differs from the direct convolution by a few 1e-6 relative (measured on the
+golden fixture in ``tests/test_parity.py``), the size of float32 noise between the
+official model in float32 and float64.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ _AT = np.array(
     np.float64,
 )
 
-# Below this many output pixels per image the tiles' overhead outweighs the saving
-# on XLA:CPU: inference breaks even near 32x32 with 256 channels.
+# Below this many output pixels per image the tiles' overhead eats the saving on
+# XLA:CPU: inference breaks even near 32x32 with 256 channels, and lowering the bound
+# to 32x32 gained nothing measurable in inference or training.
 MIN_PIXELS = 64 * 64
 
 
