@@ -105,24 +105,39 @@ def _tiles(h: int, w: int) -> tuple[int, int]:
     return -(-h // TILE), -(-w // TILE)
 
 
+def _per_tile(padded: jax.Array, matrix: np.ndarray, th: int, tw: int) -> jax.Array:
+    """M d M^T for every tile of a padded (B, H', W', C) map, tiles TILE apart.
+
+    Returns (r_w, r_h, B*th*tw, C) for ``matrix`` (r, s).
+    """
+    t = _transform(padded, matrix, axis=1, step=TILE, count=th)  # (r_h, B, th, W', C)
+    t = _transform(t, matrix, axis=3, step=TILE, count=tw)  # (r_w, r_h, B, th, tw, C)
+    return t.reshape(*t.shape[:2], -1, t.shape[-1])
+
+
+def _sandwich(a: jax.Array, matrix: np.ndarray) -> jax.Array:
+    """M a M^T over the two leading axes: (s, s, ...) -> (r, r, ...), axes swapped.
+
+    Sums of scaled taps: an einsum here became a badly laid-out product that cost
+    more than the whole input transform at batch 1.
+    """
+    a = _transform(a, matrix, axis=0, step=1, count=1)[:, 0]
+    return _transform(a, matrix, axis=1, step=1, count=1)[:, :, 0]
+
+
 def _input_tiles(x: jax.Array) -> jax.Array:
     """(B, H, W, C) -> B^T d B for every 6x6 input tile: (alpha_w, alpha_h, B*th*tw, C)."""
-    b, h, w, c = x.shape
+    _, h, w, _ = x.shape
     th, tw = _tiles(h, w)
     # One zero pixel on every side is the convolution's own padding; the extra rows
     # and columns on the bottom and right only feed outputs that are cropped away.
     xp = jnp.pad(x, ((0, 0), (1, th * TILE - h + 1), (1, tw * TILE - w + 1), (0, 0)))
-    v = _transform(xp, _BT, axis=1, step=TILE, count=th)  # (alpha_h, B, th, W', C)
-    v = _transform(v, _BT, axis=3, step=TILE, count=tw)  # (alpha_w, alpha_h, B, th, tw, C)
-    return v.reshape(TILE + 2, TILE + 2, b * th * tw, c)
+    return _per_tile(xp, _BT, th, tw)
 
 
 def _kernel_tiles(kernel: jax.Array) -> jax.Array:
     """(3, 3, C, D) -> G g G^T: (alpha_w, alpha_h, C, D), float32."""
-    # Sums of scaled taps: an einsum here became a badly laid-out product that cost
-    # more than the whole input transform at batch 1.
-    u = _transform(kernel.astype(jnp.float32), _G, axis=0, step=1, count=1)[:, 0]
-    return _transform(u, _G, axis=1, step=1, count=1)[:, :, 0]
+    return _sandwich(kernel.astype(jnp.float32), _G)
 
 
 def _output_from_tiles(m: jax.Array, b: int, h: int, w: int) -> jax.Array:
@@ -137,13 +152,10 @@ def _output_from_tiles(m: jax.Array, b: int, h: int, w: int) -> jax.Array:
 
 def _output_tiles_transposed(g: jax.Array) -> jax.Array:
     """The transpose of ``_output_from_tiles``: (B, H, W, D) -> (alpha_w, alpha_h, N, D)."""
-    b, h, w, d = g.shape
+    _, h, w, _ = g.shape
     th, tw = _tiles(h, w)
     gp = jnp.pad(g, ((0, 0), (0, th * TILE - h), (0, tw * TILE - w), (0, 0)))
-    a = _AT.T
-    t = _transform(gp, a, axis=1, step=TILE, count=th)  # (alpha_h, B, th, W', D)
-    t = _transform(t, a, axis=3, step=TILE, count=tw)  # (alpha_w, alpha_h, B, th, tw, D)
-    return t.reshape(TILE + 2, TILE + 2, b * th * tw, d)
+    return _per_tile(gp, _AT.T, th, tw)
 
 
 def _products(v: jax.Array, u: jax.Array) -> jax.Array:
@@ -190,10 +202,8 @@ def _conv3x3_bwd(residuals, g):
         _output_tiles_transposed(g),
         precision=lax.Precision.HIGHEST,
     ).astype(jnp.float32)
-    # The transpose of G g G^T is G^T dU G.
-    gt = _G.T
-    dk = _transform(du, gt, axis=0, step=1, count=1)[:, 0]  # (3_w, alpha_h, C, D)
-    dk = _transform(dk, gt, axis=1, step=1, count=1)[:, :, 0]  # (3_h, 3_w, C, D)
+    # The transpose of G g G^T is G^T dU G: (alpha_w, alpha_h, C, D) -> (3_h, 3_w, C, D).
+    dk = _sandwich(du, _G.T)
     return dx, dk.astype(kernel.dtype)
 
 
