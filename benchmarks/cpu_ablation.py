@@ -1,20 +1,19 @@
-"""Which CPU changes moved the numbers: ours, fp32, with each change switched on in turn.
+"""Which CPU formulations moved the numbers: ours, fp32, switched on one at a time.
 
     python -m benchmarks.cpu_ablation                 # inference and training, batch 8
     python -m benchmarks.cpu_ablation --modes infer --repeats 5
 
-The model picks its CPU formulations at trace time (``layers.channel_mean``,
-``winograd.preferred``). This script rebuilds the plain
-formulations by swapping those module attributes back, compiles one program per
-rung of the ladder below, and then times the rungs interleaved, round after round,
-so that a slow spell of a shared machine hits every rung alike. Results go to
-``benchmarks/results/cpu_ablation.json`` and ``.md``.
+Each rung of the ladder below is a ``config.model.kernels`` setting (see
+``asanet_jax/models/kernels.py``). The script compiles one program per rung, then times
+the rungs interleaved, round after round, so that a slow spell of a shared machine hits
+every rung alike. Results go to ``benchmarks/results/cpu_ablation.json`` and ``.md``.
 
 Rungs (cumulative):
-  plain            XLA's reductions, convolutions and autodiff throughout
+  xla              XLA's own operations throughout (what other platforms run)
+  + depthwise      7x7 depthwise convs as 49 shifted products
   + layernorm      LayerNorm's channel sums as products with a ones vector
-  + winograd       3x3 head convs on maps >= 64x64 by Winograd, autodiff backward
-  + winograd vjp   ... with the hand-written backward (the library's default)
+  + winograd       3x3 head convs on maps >= 64x64 by Winograd (= 'cpu', what 'auto' runs
+                   on a CPU)
 """
 
 from __future__ import annotations
@@ -28,27 +27,15 @@ import time
 SIZE = 256
 NUM_CLASSES = 6
 RESULTS = pathlib.Path(__file__).parent / "results"
-RUNGS = ("plain", "+ layernorm", "+ winograd", "+ winograd vjp")
+RUNGS = {
+    "xla": "xla",
+    "+ depthwise": "depthwise",
+    "+ layernorm": "depthwise+layernorm",
+    "+ winograd": "cpu",
+}
 
 
-def configure(rung: str) -> None:
-    """Switch the library's CPU formulations to those of ``rung``."""
-    import jax.numpy as jnp
-
-    from asanet_jax.models import layers, winograd
-
-    level = RUNGS.index(rung)
-    layers.channel_mean = (
-        _DEFAULTS["channel_mean"] if level >= 1 else (lambda x: jnp.mean(x, -1, keepdims=True))
-    )
-    winograd.MIN_PIXELS = _DEFAULTS["min_pixels"] if level >= 2 else float("inf")
-    winograd.conv3x3 = _DEFAULTS["conv3x3"] if level >= 3 else winograd._conv3x3
-
-
-_DEFAULTS: dict = {}
-
-
-def compile_case(mode: str, batch: int):
+def compile_case(mode: str, batch: int, kernels: str):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -60,7 +47,7 @@ def compile_case(mode: str, batch: int):
     rng = np.random.default_rng(0)
     rgb = jnp.asarray(rng.normal(size=(batch, SIZE, SIZE, 3)), jnp.float32)
     sar = jnp.asarray(rng.normal(size=(batch, SIZE, SIZE, 3)), jnp.float32)
-    model = ASANet({"dtype": "float32"}, rngs=nnx.Rngs(0))
+    model = ASANet({"dtype": "float32", "kernels": kernels}, rngs=nnx.Rngs(0))
     if mode == "infer":
         model.eval()
         graphdef, state = nnx.split(model)
@@ -91,27 +78,18 @@ def main() -> None:
 
     import jax
 
-    from asanet_jax.models import layers, winograd
-
     if jax.default_backend() != "cpu":
         raise SystemExit(
             f"this ablation is of the CPU formulations; backend is {jax.default_backend()}"
         )
-    _DEFAULTS.update(
-        channel_mean=layers.channel_mean,
-        min_pixels=winograd.MIN_PIXELS,
-        conv3x3=winograd.conv3x3,
-    )
     results = []
     for mode in args.modes.split(","):
         programs = {}
-        for rung in RUNGS:
-            configure(rung)
+        for rung, kernels in RUNGS.items():
             t = time.perf_counter()
-            programs[rung] = compile_case(mode, args.batch)
+            programs[rung] = compile_case(mode, args.batch, kernels)
             jax.block_until_ready(programs[rung][0](*programs[rung][1]))  # warm-up
             print(f"{mode}: compiled {rung!r} in {time.perf_counter() - t:.0f}s", flush=True)
-        configure(RUNGS[-1])
         times = {rung: [] for rung in RUNGS}
         start = time.perf_counter()
         for r in range(args.repeats):
@@ -148,13 +126,14 @@ def main() -> None:
         "| --- |" + " --- |" * len(args.modes.split(",")),
     ]
     by = {(r["mode"], r["rung"]): r["images_per_s"] for r in results}
-    for i, rung in enumerate(RUNGS):
+    names = list(RUNGS)
+    for i, rung in enumerate(names):
         cells = []
         for mode in args.modes.split(","):
             v = by[(mode, rung)]
-            gain = f" ({v / by[(mode, RUNGS[i - 1])]:.2f}x)" if i else ""
+            gain = f" ({v / by[(mode, names[i - 1])]:.2f}x)" if i else ""
             cells.append(f"{v:.2f}{gain}")
-        lines.append(f"| {rung} | " + " | ".join(cells) + " |")
+        lines.append(f"| {rung} (`{RUNGS[rung]}`) | " + " | ".join(cells) + " |")
     (RESULTS / "cpu_ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -163,18 +163,19 @@ def test_jit_matches_eager():
     np.testing.assert_allclose(forward(model, x, -x), model(x, -x)["logits"], atol=1e-5)
 
 
-def test_channel_mean_value_and_gradient_equal_the_plain_mean():
-    """LayerNorm's channel mean (a product with a ones vector on CPU, with its own
+@pytest.mark.parametrize("mode", ["cpu", "xla", "auto"])
+def test_channel_mean_value_and_gradient_equal_the_plain_mean(mode):
+    """LayerNorm's channel mean (under 'cpu' a product with a ones vector, with its own
     backward) against jnp.mean and its autodiff gradient."""
     from asanet_jax.models.layers import channel_mean
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(3.0, 2.0, size=(2, 5, 7, 96)), jnp.float32)
     probe = jnp.asarray(rng.normal(size=(2, 5, 7, 1)), jnp.float32)
-    ours = jax.jit(channel_mean)(x)
+    ours = jax.jit(channel_mean, static_argnums=1)(x, mode)
     ref = x.mean(-1, keepdims=True)
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
-    grad = jax.grad(lambda x: jnp.sum(channel_mean(x) * probe))(x)
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(channel_mean(x, mode) * probe)))(x)
     grad_ref = jax.grad(lambda x: jnp.sum(x.mean(-1, keepdims=True) * probe))(x)
     np.testing.assert_allclose(grad, grad_ref, rtol=1e-6, atol=1e-9)

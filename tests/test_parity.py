@@ -14,30 +14,28 @@ from flax import nnx
 from asanet_jax.convert.mapping import map_key, segmentor_rules
 from asanet_jax.convert.official import load_state_dict
 from asanet_jax.losses import segmentation_loss
-from asanet_jax.models import torch_ops, winograd
+from asanet_jax.models import torch_ops
 
 OUTPUT_TOL = 1e-4
 GRAD_TOL = 1e-3
 
 
-@pytest.fixture(params=["direct", "winograd"])
-def conv3x3_path(request, monkeypatch):
-    """Run a test twice: every 3x3 ConvModule as XLA's convolution, then all by Winograd.
+@pytest.fixture(scope="module", params=["xla", "cpu"])
+def kernels_model(request, golden_state):
+    """The official model under each ``config.model.kernels`` setting, forced.
 
-    By default the choice depends on the map size (``winograd.MIN_PIXELS``), so the
-    fixture's small maps would take a mix; each run here forces one path for the PPM
-    bottleneck at 1/32, the FPN convs, the fused bottleneck and the FCN head.
+    'xla' runs XLA's own operations; 'cpu' runs every CPU formulation (shifted-sum
+    depthwise convs, LayerNorm sums as products, and Winograd for every 3x3
+    ConvModule whatever its map size: the PPM bottleneck at 1/32, the FPN convs, the
+    fused bottleneck and the FCN head). ('auto' picks one of the two per platform.)
     """
-    if request.param == "winograd" and jax.default_backend() != "cpu":
-        pytest.skip("the Winograd path is taken on CPU only")
-    threshold = 0 if request.param == "winograd" else float("inf")
-    monkeypatch.setattr(winograd, "MIN_PIXELS", threshold)
-    return request.param
+    model, _ = load_state_dict(golden_state, {"kernels": request.param, "winograd_min_pixels": 0})
+    return request.param, model
 
 
 @pytest.mark.parametrize("name", ["s128", "s96x136"])
-def test_outputs_match_official(golden_model, golden_io, name, conv3x3_path):
-    model, _ = golden_model
+def test_outputs_match_official(kernels_model, golden_io, name):
+    kernels, model = kernels_model
     x = nhwc(golden_io[f"{name}.input"])
     out = model(x[..., :3], x[..., 3:])
     errors = {
@@ -46,7 +44,7 @@ def test_outputs_match_official(golden_model, golden_io, name, conv3x3_path):
     for ours, ref in (("decode_logits", "decode"), ("aux_logits", "aux"), ("logits", "logits")):
         assert out[ours].shape == nhwc(golden_io[f"{name}.{ref}"]).shape
         errors[ref] = rel_l2(out[ours], nhwc(golden_io[f"{name}.{ref}"]))
-    print(name, conv3x3_path, {k: f"{v:.2e}" for k, v in errors.items()})
+    print(name, kernels, {k: f"{v:.2e}" for k, v in errors.items()})
     assert max(errors.values()) <= OUTPUT_TOL, errors
 
 
@@ -142,9 +140,9 @@ def test_submodules_match_official(golden_model, golden_io):
     assert errors[worst] <= OUTPUT_TOL, {k: v for k, v in errors.items() if v > OUTPUT_TOL}
 
 
-def test_loss_and_gradients_match_official(golden_model, golden_io, golden_grads, conv3x3_path):
+def test_loss_and_gradients_match_official(kernels_model, golden_io, golden_grads):
     """Eval mode (as recorded): decode CE + 0.4 aux CE, ignore 255."""
-    model, _ = golden_model
+    kernels, model = kernels_model
     x = nhwc(golden_io["s128.input"])
 
     def loss_fn(m):
@@ -172,7 +170,7 @@ def test_loss_and_gradients_match_official(golden_model, golden_io, golden_grads
     # Every parameter has a reference gradient; nothing of ours is left unchecked.
     assert set(flat) == set(), sorted(flat)[:5]
     worst = max(errors, key=errors.get)
-    print(f"{conv3x3_path}: {len(errors)} gradients; worst {worst}: {errors[worst]:.2e}")
+    print(f"{kernels}: {len(errors)} gradients; worst {worst}: {errors[worst]:.2e}")
     assert errors[worst] <= GRAD_TOL
 
 

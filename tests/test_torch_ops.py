@@ -93,8 +93,8 @@ def test_drop_path_drops_whole_samples():
     assert 0.3 < (per_sample == 0).all(1).mean() < 0.7
 
 
-@pytest.mark.parametrize("shifted_sum", [True, False])
-def test_depthwise_conv_matches_grouped_conv2d(shifted_sum):
+@pytest.mark.parametrize("mode", ["cpu", "xla", "auto"])
+def test_depthwise_conv_matches_grouped_conv2d(mode):
     from asanet_jax.models.layers import depthwise_conv
 
     rng = np.random.default_rng(3)
@@ -102,7 +102,7 @@ def test_depthwise_conv_matches_grouped_conv2d(shifted_sum):
     w = rng.normal(size=(5, 1, 7, 7)).astype(np.float32)
     ref = F.conv2d(_nchw(x), torch.from_numpy(w), padding=3, groups=5)
     kernel = np.transpose(w, (2, 3, 1, 0))  # the converter's OIHW -> HWIO
-    ours = depthwise_conv(x, kernel, shifted_sum=shifted_sum)
+    ours = jax.jit(depthwise_conv, static_argnums=2)(x, kernel, mode)
     np.testing.assert_allclose(np.asarray(ours), _nhwc(ref), atol=1e-5)
 
 
@@ -116,9 +116,9 @@ def test_depthwise_conv_gradients_match_torch():
     xt, wt = _nchw(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
     (F.conv2d(xt, wt, padding=3, groups=3) * _nchw(g)).sum().backward()
     kernel = np.transpose(w, (2, 3, 1, 0))
-    for shifted_sum in (True, False):
+    for mode in ("cpu", "xla", "auto"):
         dx, dk = jax.grad(
-            lambda a, k, s=shifted_sum: (depthwise_conv(a, k, shifted_sum=s) * g).sum(),
+            lambda a, k, m=mode: (depthwise_conv(a, k, m) * g).sum(),
             argnums=(0, 1),
         )(x, kernel)
         np.testing.assert_allclose(np.asarray(dx), _nhwc(xt.grad), atol=1e-4)

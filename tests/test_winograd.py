@@ -56,9 +56,9 @@ def test_gradients_match_xla_convolution():
         assert rel_l2(a, b) <= 5e-6
 
 
-def test_preferred_only_for_large_float32_maps_on_cpu():
+def test_eligible_only_for_large_float32_maps():
     big = jnp.zeros((1, 64, 64, 8), jnp.float32)
-    on_cpu = jax.default_backend() == "cpu"
-    assert winograd.preferred(big) == on_cpu
-    assert not winograd.preferred(big.astype(jnp.bfloat16))
-    assert not winograd.preferred(jnp.zeros((1, 32, 32, 8), jnp.float32))
+    assert winograd.eligible(big, 64 * 64)
+    assert not winograd.eligible(big.astype(jnp.bfloat16), 64 * 64)
+    assert not winograd.eligible(jnp.zeros((1, 32, 32, 8), jnp.float32), 64 * 64)
+    assert winograd.eligible(jnp.zeros((1, 1, 1, 8), jnp.float32), 0)

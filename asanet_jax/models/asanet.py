@@ -40,6 +40,7 @@ class ASANet(nnx.Module):
         spec = config if isinstance(config, ModelSpec) else resolve(config)
         self.spec = spec
         dtype = spec.compute_dtype
+        kernels = spec.kernel_choice
         in_channels = {"rgb": spec.optical_channels, "sar": spec.sar_channels}
 
         def stream(name):
@@ -49,6 +50,7 @@ class ASANet(nnx.Module):
                 spec.channels,
                 drop_path_rate=spec.drop_path_rate,
                 dtype=dtype,
+                kernels=kernels,
                 rngs=rngs,
             )
 
@@ -74,6 +76,7 @@ class ASANet(nnx.Module):
             pool_scales=spec.pool_scales,
             dropout=spec.dropout,
             dtype=dtype,
+            kernels=kernels,
             rngs=rngs,
         )
         self.aux_head = (
@@ -84,6 +87,7 @@ class ASANet(nnx.Module):
                 num_convs=spec.aux_num_convs,
                 dropout=spec.dropout,
                 dtype=dtype,
+                kernels=kernels,
                 rngs=rngs,
             )
             if spec.aux_channels

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from asanet_jax.models.convnext_v2 import VARIANTS
+from asanet_jax.models.kernels import WINOGRAD_MIN_PIXELS, Kernels
 
 MODALITIES = ("rgb+sar", "rgb", "sar")
 FUSIONS = ("cfm", "sum")
@@ -44,6 +45,13 @@ def default_model_config() -> ml_collections.ConfigDict:
             "dropout": 0.1,
             # Compute dtype; parameters stay float32, norms/GRN/softmax run in float32.
             "dtype": "float32",
+            # Which arithmetic for the operations XLA:CPU is slow at: 'auto' (the CPU
+            # formulations on CPU only, chosen at lowering), 'xla', 'cpu', or a subset
+            # such as 'depthwise+layernorm' (see models/kernels.py).
+            "kernels": "auto",
+            # Under the CPU formulations, 3x3 convs on float32 maps of at least this
+            # many pixels run as Winograd F(4x4, 3x3); 0 = every one.
+            "winograd_min_pixels": WINOGRAD_MIN_PIXELS,
         }
     )
 
@@ -68,6 +76,12 @@ class ModelSpec:
     drop_path_rate: float
     dropout: float
     dtype: str
+    kernels: str = "auto"
+    winograd_min_pixels: int = WINOGRAD_MIN_PIXELS
+
+    @property
+    def kernel_choice(self) -> Kernels:
+        return Kernels.from_setting(self.kernels, self.winograd_min_pixels)
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -134,6 +148,9 @@ def resolve(config: ml_collections.ConfigDict | dict) -> ModelSpec:
             fail(field, "a rate in [0, 1)")
     if cfg["dtype"] not in DTYPES:
         fail("dtype", f"one of {sorted(DTYPES)}")
+    Kernels.from_setting(cfg["kernels"])  # raises naming the setting
+    if int(cfg["winograd_min_pixels"]) < 0:
+        fail("winograd_min_pixels", "a pixel count >= 0")
     return ModelSpec(
         depths=tuple(int(d) for d in depths),
         channels=tuple(int(c) for c in channels),
@@ -151,6 +168,8 @@ def resolve(config: ml_collections.ConfigDict | dict) -> ModelSpec:
         drop_path_rate=float(cfg["drop_path_rate"]),
         dropout=float(cfg["dropout"]),
         dtype=cfg["dtype"],
+        kernels=cfg["kernels"],
+        winograd_min_pixels=int(cfg["winograd_min_pixels"]),
     )
 
 

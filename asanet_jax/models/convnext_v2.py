@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from asanet_jax.models import torch_ops
+from asanet_jax.models.kernels import AUTO, Kernels
 from asanet_jax.models.layers import GRN, DepthwiseConv, LayerNorm, conv
 
 F32 = jnp.float32
@@ -37,11 +38,11 @@ VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 class Stem(nnx.Module):
     """4x4 stride-4 conv (bias) -> LayerNorm. (B, H, W, Cin) -> (B, H/4, W/4, C)."""
 
-    def __init__(self, in_channels: int, channels: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, channels: int, *, dtype, kernels: Kernels, rngs: nnx.Rngs):
         # float32 even under bfloat16: 3 input bands make it cheap, and rounding the
         # raw input to 8 bits of mantissa would cost accuracy for every later layer.
         self.conv = conv(in_channels, channels, 4, stride=4, dtype=F32, rngs=rngs)
-        self.norm = LayerNorm(channels, dtype=dtype)
+        self.norm = LayerNorm(channels, dtype=dtype, kernels=kernels)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.norm(self.conv(x))
@@ -50,8 +51,8 @@ class Stem(nnx.Module):
 class Downsample(nnx.Module):
     """LayerNorm -> 2x2 stride-2 conv (bias); odd sizes floor, as in PyTorch."""
 
-    def __init__(self, in_channels: int, channels: int, *, dtype, rngs: nnx.Rngs):
-        self.norm = LayerNorm(in_channels)
+    def __init__(self, in_channels: int, channels: int, *, dtype, kernels: Kernels, rngs: nnx.Rngs):
+        self.norm = LayerNorm(in_channels, kernels=kernels)
         self.conv = conv(in_channels, channels, 2, stride=2, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -61,10 +62,12 @@ class Downsample(nnx.Module):
 class Block(nnx.Module):
     """dw7x7 -> LN -> Linear C->4C -> GELU -> GRN -> Linear 4C->C -> drop-path -> +x."""
 
-    def __init__(self, channels: int, drop_path_rate: float, *, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, channels: int, drop_path_rate: float, *, dtype, kernels: Kernels, rngs: nnx.Rngs
+    ):
         self.dtype = dtype
-        self.depthwise_conv = DepthwiseConv(channels, 7, dtype=dtype, rngs=rngs)
-        self.norm = LayerNorm(channels)
+        self.depthwise_conv = DepthwiseConv(channels, 7, dtype=dtype, kernels=kernels, rngs=rngs)
+        self.norm = LayerNorm(channels, kernels=kernels)
         self.pointwise_conv1 = nnx.Linear(
             channels, 4 * channels, dtype=dtype, param_dtype=F32, rngs=rngs
         )
@@ -107,6 +110,7 @@ class ConvNeXtV2(nnx.Module):
         *,
         drop_path_rate: float = 0.0,
         dtype=F32,
+        kernels: Kernels = AUTO,
         rngs: nnx.Rngs,
     ):
         if len(depths) != len(channels):
@@ -114,19 +118,20 @@ class ConvNeXtV2(nnx.Module):
                 f"depths {tuple(depths)} and channels {tuple(channels)} differ in length"
             )
         self.num_stages = len(depths)
-        layers = [Stem(in_channels, channels[0], dtype=dtype, rngs=rngs)]
+        opts = dict(dtype=dtype, kernels=kernels, rngs=rngs)
+        layers = [Stem(in_channels, channels[0], **opts)]
         for i in range(1, len(depths)):
-            layers.append(Downsample(channels[i - 1], channels[i], dtype=dtype, rngs=rngs))
+            layers.append(Downsample(channels[i - 1], channels[i], **opts))
         self.downsample_layers = nnx.List(layers)
         self.stages = nnx.List(
             [
-                nnx.List([Block(c, r, dtype=dtype, rngs=rngs) for r in stage_rates])
+                nnx.List([Block(c, r, **opts) for r in stage_rates])
                 for c, stage_rates in zip(
                     channels, drop_path_rates(depths, drop_path_rate), strict=True
                 )
             ]
         )
-        self.norms = nnx.List([LayerNorm(c) for c in channels])
+        self.norms = nnx.List([LayerNorm(c, kernels=kernels) for c in channels])
 
     def run_stage(self, i: int, x: jax.Array) -> jax.Array:
         """Downsample and blocks of stage ``i`` (no output norm)."""

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from asanet_jax.models import torch_ops
+from asanet_jax.models.kernels import AUTO, Kernels
 from asanet_jax.models.layers import ConvModule, conv
 
 F32 = jnp.float32
@@ -34,29 +35,26 @@ class UPerHead(nnx.Module):
         pool_scales: Sequence[int] = (1, 2, 3, 6),
         dropout: float = 0.1,
         dtype=F32,
+        kernels: Kernels = AUTO,
         rngs: nnx.Rngs,
     ):
         self.pool_scales = tuple(pool_scales)
         last = in_channels[-1]
+        opts = dict(dtype=dtype, kernels=kernels, rngs=rngs)
         # mmseg's psp_modules[k] is Sequential(AdaptiveAvgPool2d, ConvModule); the
         # pool has no weights, so only the ConvModule is kept here.
-        self.psp_modules = nnx.List(
-            [ConvModule(last, channels, 1, dtype=dtype, rngs=rngs) for _ in pool_scales]
-        )
+        self.psp_modules = nnx.List([ConvModule(last, channels, 1, **opts) for _ in pool_scales])
         self.bottleneck = ConvModule(
-            last + len(pool_scales) * channels, channels, 3, padding=1, dtype=dtype, rngs=rngs
+            last + len(pool_scales) * channels, channels, 3, padding=1, **opts
         )
         self.lateral_convs = nnx.List(
-            [ConvModule(c, channels, 1, dtype=dtype, rngs=rngs) for c in in_channels[:-1]]
+            [ConvModule(c, channels, 1, **opts) for c in in_channels[:-1]]
         )
         self.fpn_convs = nnx.List(
-            [
-                ConvModule(channels, channels, 3, padding=1, dtype=dtype, rngs=rngs)
-                for _ in in_channels[:-1]
-            ]
+            [ConvModule(channels, channels, 3, padding=1, **opts) for _ in in_channels[:-1]]
         )
         self.fpn_bottleneck = ConvModule(
-            len(in_channels) * channels, channels, 3, padding=1, dtype=dtype, rngs=rngs
+            len(in_channels) * channels, channels, 3, padding=1, **opts
         )
         self.dropout = torch_ops.channel_dropout(dropout, rngs=rngs)
         self.conv_seg = conv(channels, num_classes, 1, dtype=dtype, rngs=rngs)
@@ -102,12 +100,13 @@ class FCNHead(nnx.Module):
         num_convs: int = 1,
         dropout: float = 0.1,
         dtype=F32,
+        kernels: Kernels = AUTO,
         rngs: nnx.Rngs,
     ):
         widths = [in_channels] + [channels] * num_convs
         self.convs = nnx.List(
             [
-                ConvModule(a, b, 3, padding=1, dtype=dtype, rngs=rngs)
+                ConvModule(a, b, 3, padding=1, dtype=dtype, kernels=kernels, rngs=rngs)
                 for a, b in itertools.pairwise(widths)
             ]
         )

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from asanet_jax.models import winograd
+from asanet_jax.models.kernels import AUTO, Kernels, choose
 
 F32 = jnp.float32
 
@@ -23,31 +24,37 @@ class LayerNorm(nnx.Module):
     returned in ``dtype`` if given, else in the input's dtype.
     """
 
-    def __init__(self, num_features: int, *, eps: float = 1e-6, dtype=None):
+    def __init__(
+        self, num_features: int, *, eps: float = 1e-6, dtype=None, kernels: Kernels = AUTO
+    ):
         self.eps = eps
         self.dtype = dtype
+        self.mode = kernels.layernorm
         self.scale = nnx.Param(jnp.ones((num_features,), F32))
         self.bias = nnx.Param(jnp.zeros((num_features,), F32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(F32)
-        mean = channel_mean(x32)
-        var = channel_mean(jnp.square(x32 - mean))
+        mean = channel_mean(x32, self.mode)
+        var = channel_mean(jnp.square(x32 - mean), self.mode)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
         return (y * self.scale[...] + self.bias[...]).astype(self.dtype or x.dtype)
 
 
-def channel_mean(x: jax.Array) -> jax.Array:
+def channel_mean(x: jax.Array, mode: str = "auto") -> jax.Array:
     """Mean over the last axis, kept: (..., C) -> (..., 1), float32.
 
-    On CPU the sum is a matrix product with a ones vector. XLA:CPU fuses a
-    reduction with its producer, and fed by the 49-tap depthwise convolution that
-    fusion splits into a dozen materialised slices: a stage-1 block's depthwise
-    conv + LayerNorm took 86 ms at batch 8 as a reduction, 25 ms as a product.
+    The CPU formulation (``kernels.layernorm``) is a matrix product with a ones
+    vector. XLA:CPU fuses a reduction with its producer, and fed by the 49-tap
+    depthwise convolution that fusion splits into a dozen materialised slices: a
+    stage-1 block's depthwise conv + LayerNorm took 86 ms at batch 8 as a
+    reduction, 25 ms as a product.
     """
-    if jax.default_backend() != "cpu":
-        return x.mean(-1, keepdims=True)
-    return _mean_by_product(x)
+    return choose(mode, _mean_by_product, _mean_by_reduction, x)
+
+
+def _mean_by_reduction(x: jax.Array) -> jax.Array:
+    return x.mean(-1, keepdims=True)
 
 
 @jax.custom_vjp
@@ -137,33 +144,32 @@ class GRN(nnx.Module):
         return y.astype(x.dtype)
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array, *, shifted_sum: bool | None = None):
+def depthwise_conv(x: jax.Array, kernel: jax.Array, mode: str = "auto") -> jax.Array:
     """Depthwise 'same' conv of odd size k, no bias, in ``x``'s dtype.
+
+    The CPU formulation (``kernels.depthwise``) is a float32 sum of k*k shifted
+    products (inputs rounded to x's dtype first, as a convolution accumulates); XLA's
+    is its grouped convolution, which runs ~25x slower on CPU.
 
     Args:
       x: (B, H, W, C); kernel: (k, k, 1, C), nnx.Conv's layout.
-      shifted_sum: compute as a float32 sum of k*k shifted products (inputs rounded
-        to x's dtype first, as a convolution accumulates) instead of XLA's grouped
-        convolution. On CPU the grouped convolution runs ~25x slower, so None picks
-        the shifted sum there and the library convolution elsewhere (GPU, TPU).
+      mode: 'cpu', 'xla' or 'auto' (see ``kernels``).
     Returns:
       (B, H, W, C).
     """
-    k = kernel.shape[0]
-    pad = k // 2
-    kernel = kernel.astype(x.dtype)
-    if shifted_sum is None:
-        shifted_sum = jax.default_backend() == "cpu"
-    if not shifted_sum:
-        return jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            (1, 1),
-            ((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=x.shape[-1],
-        )
-    return _shifted_sum_conv(x, kernel)
+    return choose(mode, _shifted_sum_conv, _grouped_conv, x, kernel.astype(x.dtype))
+
+
+def _grouped_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    pad = kernel.shape[0] // 2
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        (1, 1),
+        ((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x.shape[-1],
+    )
 
 
 def _shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -214,15 +220,24 @@ class DepthwiseConv(nnx.Module):
     convert the same way. x: (B, H, W, C) -> (B, H, W, C).
     """
 
-    def __init__(self, channels: int, kernel_size: int, *, dtype=F32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        *,
+        dtype=F32,
+        kernels: Kernels = AUTO,
+        rngs: nnx.Rngs,
+    ):
         self.dtype = dtype
+        self.mode = kernels.depthwise
         self.kernel = nnx.Param(
             nnx.initializers.lecun_normal()(rngs.params(), (kernel_size, kernel_size, 1, channels))
         )
         self.bias = nnx.Param(jnp.zeros((channels,), F32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = depthwise_conv(x.astype(self.dtype), self.kernel[...])
+        y = depthwise_conv(x.astype(self.dtype), self.kernel[...], self.mode)
         return y + self.bias[...].astype(self.dtype)
 
 
@@ -256,9 +271,9 @@ def conv(
 class ConvModule(nnx.Module):
     """mmcv ``ConvModule``: conv (no bias) -> BatchNorm -> optional ReLU.
 
-    A 3x3 'same' conv on a large float32 map on CPU runs as Winograd F(4x4, 3x3)
-    (see ``winograd.preferred``); elsewhere XLA's convolution.
-    x: (B, H, W, in_features) -> (B, H', W', out_features).
+    Under the CPU formulation (``kernels.winograd``) a 3x3 'same' conv on a large
+    float32 map runs as Winograd F(4x4, 3x3) (see ``winograd.eligible``); otherwise
+    XLA's convolution. x: (B, H, W, in_features) -> (B, H', W', out_features).
     """
 
     def __init__(
@@ -270,11 +285,14 @@ class ConvModule(nnx.Module):
         padding: int = 0,
         relu: bool = True,
         dtype=F32,
+        kernels: Kernels = AUTO,
         rngs: nnx.Rngs,
     ):
         self.relu = relu
         self.dtype = dtype
         self.same_3x3 = kernel_size == 3 and padding == 1
+        self.mode = kernels.winograd
+        self.winograd_min_pixels = kernels.winograd_min_pixels
         self.conv = conv(
             in_features,
             out_features,
@@ -288,8 +306,14 @@ class ConvModule(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        if self.same_3x3 and winograd.preferred(x):
-            x = winograd.conv3x3(x, self.conv.kernel[...].astype(self.dtype))
+        if self.same_3x3 and winograd.eligible(x, self.winograd_min_pixels):
+            x = choose(
+                self.mode,
+                winograd.conv3x3,
+                lambda x, _: self.conv(x),
+                x,
+                self.conv.kernel[...].astype(self.dtype),
+            )
         else:
             x = self.conv(x)
         x = self.bn(x)

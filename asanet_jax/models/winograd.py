@@ -57,23 +57,15 @@ _AT = np.array(
     np.float64,
 )
 
-# Below this many output pixels per image the tiles' overhead eats the saving on
-# XLA:CPU: inference breaks even near 32x32 with 256 channels, and lowering the bound
-# to 32x32 gained nothing measurable in inference or training.
-MIN_PIXELS = 64 * 64
 
+def eligible(x: jax.Array, min_pixels: int) -> bool:
+    """Whether the Winograd formulation pays for NHWC input ``x`` (a static check).
 
-def preferred(x: jax.Array) -> bool:
-    """Whether ``conv3x3`` should take the Winograd path for NHWC input ``x``.
-
-    Only on CPU, where XLA's direct convolution is the bottleneck, and only in
-    float32: in bfloat16 the transforms' sums would round the tiles to 8 bits.
+    Only in float32: in bfloat16 the transforms' sums would round the tiles to 8 bits.
+    Only on maps of at least ``min_pixels`` (``kernels.WINOGRAD_MIN_PIXELS`` by default).
+    Where it runs (CPU only, by default) is ``config.model.kernels``'s choice.
     """
-    return (
-        jax.default_backend() == "cpu"
-        and x.dtype == jnp.float32
-        and x.shape[1] * x.shape[2] >= MIN_PIXELS
-    )
+    return x.dtype == jnp.float32 and x.shape[1] * x.shape[2] >= min_pixels
 
 
 def _combine(parts: list[jax.Array], coefficients: np.ndarray) -> jax.Array:
