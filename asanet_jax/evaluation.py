@@ -1,18 +1,26 @@
 """Evaluate a model on a dataset split: whole-image, sliding-window or TTA inference, one
 confusion matrix accumulated on device over the split, the official metrics, and a few
-predictions kept for pictures."""
+predictions kept for pictures.
+
+`tta_probabilities` is mmseg's SegTTAModel: for each scale ratio, with and without a
+horizontal flip, resize the raw image (cv2 bilinear, keep ratio, sizes int(x * r + 0.5)),
+normalise, predict, flip back, resize the logits to the original size (bilinear,
+align_corners=False), softmax; the probabilities are averaged.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from asanet_jax import checkpointing, inference, metrics
-from asanet_jax.data import pipeline, transforms
+from asanet_jax.data import pipeline, specs, transforms
+from asanet_jax.models import torch_ops
 
 
 class EvaluationError(ValueError):
@@ -58,8 +66,46 @@ def check_fits(model, source: pipeline.Source) -> None:
         )
 
 
+def tta_probabilities(
+    infer: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    optical_raw: np.ndarray,
+    sar_raw: np.ndarray,
+    spec: specs.DatasetSpec,
+    ratios: tuple[float, ...],
+    flip: bool = True,
+) -> np.ndarray:
+    """Averaged class probabilities (H, W, K) of one image under the official TTA.
+
+    optical_raw, sar_raw: (H, W, 3) in model channel order, not normalised (as decoded);
+    `infer` maps normalised (1, h, w, 3) inputs to (1, h, w, K) logits (`whole` or `slide`).
+    """
+    h, w = optical_raw.shape[:2]
+    probs = None
+    variants = 0
+    for ratio in ratios:
+        size = (int(h * ratio + 0.5), int(w * ratio + 0.5))
+        optical = transforms.normalise(
+            transforms.resize(optical_raw, size), spec.optical_mean, spec.optical_std
+        )
+        sar = transforms.normalise(transforms.resize(sar_raw, size), spec.sar_mean, spec.sar_std)
+        for flipped in (False, True) if flip else (False,):
+            o, s = (optical[:, ::-1], sar[:, ::-1]) if flipped else (optical, sar)
+            logits = infer(np.ascontiguousarray(o)[None], np.ascontiguousarray(s)[None])
+            if flipped:
+                logits = logits[:, :, ::-1]
+            logits = torch_ops.resize_bilinear(jnp.asarray(logits), (h, w))
+            p = np.asarray(jax.nn.softmax(logits, axis=-1))[0]
+            probs = p if probs is None else probs + p
+            variants += 1
+    return probs / variants
+
+
 def evaluate(
-    model, source: pipeline.Source, settings: Settings, progress: bool = True, corrupt=None
+    predictor: inference.Predictor,
+    source: pipeline.Source,
+    settings: Settings,
+    progress: bool = True,
+    corrupt=None,
 ):
     """(metrics, confusion (K, K), samples) over the split; samples are the first
     `keep_samples` examples with their predictions, for pictures.
@@ -68,16 +114,10 @@ def evaluate(
     channel order, 0..255) before normalisation (see corruptions.py)."""
     from tqdm import tqdm
 
-    check_fits(model, source)
+    check_fits(predictor, source)
     spec = source.spec
     k = spec.num_classes
-    model_inputs = model.spec.streams
-
-    @jax.jit
-    def predict(optical, sar):
-        rgb = optical if "rgb" in model_inputs else None
-        s = sar if "sar" in model_inputs else None
-        return model(rgb, s)["logits"]
+    predict = predictor
 
     def infer(optical, sar):
         if settings.mode == "slide":
@@ -101,7 +141,7 @@ def evaluate(
             "label": record["label"],
         }
         if settings.tta:
-            probs = inference.tta_probabilities(infer, optical_raw, sar_raw, spec, ratios)
+            probs = tta_probabilities(infer, optical_raw, sar_raw, spec, ratios)
             pred = probs.argmax(-1)
         else:
             logits = infer(example["optical"][None], example["sar"][None])
@@ -116,14 +156,18 @@ def evaluate(
 
 
 def robustness(
-    model, source: pipeline.Source, settings: Settings, seed: int = 0, progress: bool = True
+    predictor: inference.Predictor,
+    source: pipeline.Source,
+    settings: Settings,
+    seed: int = 0,
+    progress: bool = True,
 ) -> dict[str, float]:
-    """mIoU under every corruption of corruptions.suite(seed), clean first."""
+    """mIoU under every corruption of corruptions.suite(seed), clean first (one compile)."""
     from asanet_jax import corruptions
 
     table = {}
     for name, corrupt in corruptions.suite(seed).items():
-        result, _, _ = evaluate(model, source, settings, progress=progress, corrupt=corrupt)
+        result, _, _ = evaluate(predictor, source, settings, progress=progress, corrupt=corrupt)
         table[name] = result["mIoU"]
         if progress:
             print(f"{name}: mIoU {result['mIoU']:.2f}", flush=True)

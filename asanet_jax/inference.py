@@ -1,34 +1,80 @@
-"""Inference over whole images, sliding windows, and the official test-time augmentation.
+"""Running a model for prediction: the one predictor, whole images and sliding windows.
 
-All functions take `predict(optical, sar) -> logits`, a (usually jitted) function of
-normalised NHWC batches returning (B, H, W, K) float logits at the input size.
+`Predictor` splits a model once, jits its forward pass once, and feeds each stream its
+input (a single-modality model gets only its own). Everything that predicts uses it:
+evaluation, scene prediction, the training loop's evaluation (through `logits`), the
+scripts and the notebook.
 
 - `whole`: one forward pass per image.
 - `slide`: mmseg's slide_inference: windows of `window` every `stride` pixels, the last
   window moved back to the image edge; overlapping logits are averaged (summed, then
   divided by how many windows covered each pixel).
-- `tta_probabilities`: mmseg's SegTTAModel: for each scale ratio, with and without a
-  horizontal flip, resize the raw image (cv2 bilinear, keep ratio, sizes
-  int(x * r + 0.5)), normalise, predict, flip back, resize the logits to the original
-  size (bilinear, align_corners=False), softmax; the probabilities are averaged.
+
+This module needs only the model's dependencies (jax, flax, numpy).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from asanet_jax.data import specs, transforms
-from asanet_jax.models import torch_ops
+from asanet_jax.models.asanet import ASANet
+from asanet_jax.models.config import ModelSpec
 
 Predict = Callable[[np.ndarray, np.ndarray], jax.Array]
 
 
 class InferenceError(ValueError):
     """Inference settings that cannot apply to the given images."""
+
+
+def stream_inputs(spec: ModelSpec, optical, sar) -> tuple:
+    """The model's (rgb, sar) arguments: a single-modality model gets only its own."""
+    return (
+        optical if "rgb" in spec.streams else None,
+        sar if "sar" in spec.streams else None,
+    )
+
+
+def logits(graphdef: nnx.GraphDef, state: nnx.State, optical, sar) -> jax.Array:
+    """The pure forward pass: (B, H, W, K) float32 logits at the input size.
+
+    optical, sar: normalised NHWC batches; ``graphdef`` should be in eval mode.
+    """
+    model = nnx.merge(graphdef, state)
+    return model(*stream_inputs(model.spec, optical, sar))["logits"]
+
+
+class Predictor:
+    """A model ready to predict: eval mode, split once, one jitted forward pass.
+
+    ``predictor(optical, sar)`` takes normalised NHWC batches (B, H, W, C) and returns
+    (B, H, W, K) float32 logits; a stream the model does not have may be None. The
+    caller's model is left as it is (its mode included).
+    """
+
+    def __init__(self, model: ASANet):
+        graphdef, state = nnx.split(model)
+        view = nnx.merge(graphdef, state)  # shares the arrays, not the mode
+        view.eval()
+        self.spec: ModelSpec = model.spec
+        self.graphdef, self.state = nnx.split(view)
+        self._forward = jax.jit(functools.partial(logits, self.graphdef))
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def __call__(self, optical, sar) -> jax.Array:
+        return self._forward(self.state, *stream_inputs(self.spec, optical, sar))
+
+    def labels(self, optical, sar) -> np.ndarray:
+        """Class ids (B, H, W), int32."""
+        return np.asarray(self(optical, sar).argmax(-1))
 
 
 def whole(predict: Predict, optical: np.ndarray, sar: np.ndarray) -> np.ndarray:
@@ -66,37 +112,3 @@ def slide(
             total[tile] += np.asarray(predict(optical[tile], sar[tile]))
             count[tile] += 1
     return total / count
-
-
-def tta_probabilities(
-    infer: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    optical_raw: np.ndarray,
-    sar_raw: np.ndarray,
-    spec: specs.DatasetSpec,
-    ratios: tuple[float, ...],
-    flip: bool = True,
-) -> np.ndarray:
-    """Averaged class probabilities (H, W, K) of one image under the official TTA.
-
-    optical_raw, sar_raw: (H, W, 3) in model channel order, not normalised (as decoded);
-    `infer` maps normalised (1, h, w, 3) inputs to (1, h, w, K) logits (`whole` or `slide`).
-    """
-    h, w = optical_raw.shape[:2]
-    probs = None
-    variants = 0
-    for ratio in ratios:
-        size = (int(h * ratio + 0.5), int(w * ratio + 0.5))
-        optical = transforms.normalise(
-            transforms.resize(optical_raw, size), spec.optical_mean, spec.optical_std
-        )
-        sar = transforms.normalise(transforms.resize(sar_raw, size), spec.sar_mean, spec.sar_std)
-        for flipped in (False, True) if flip else (False,):
-            o, s = (optical[:, ::-1], sar[:, ::-1]) if flipped else (optical, sar)
-            logits = infer(np.ascontiguousarray(o)[None], np.ascontiguousarray(s)[None])
-            if flipped:
-                logits = logits[:, :, ::-1]
-            logits = torch_ops.resize_bilinear(jnp.asarray(logits), (h, w))
-            p = np.asarray(jax.nn.softmax(logits, axis=-1))[0]
-            probs = p if probs is None else probs + p
-            variants += 1
-    return probs / variants

@@ -111,7 +111,7 @@ def _model_inputs(optical, sar, spec):
 
 
 def predict_scene(
-    model,
+    predictor: inference.Predictor,
     optical_path,
     sar_path,
     output_path,
@@ -135,14 +135,6 @@ def predict_scene(
     ys = inference.window_starts(scene.height, win[0], min(stride, win[0]))
     xs = inference.window_starts(scene.width, win[1], min(stride, win[1]))
     k = spec.num_classes
-    streams = model.spec.streams
-
-    @jax.jit
-    def predict(optical, sar):
-        return model(optical if "rgb" in streams else None, sar if "sar" in streams else None)[
-            "logits"
-        ]
-
     output_path = pathlib.Path(output_path)
     profile = dict(
         driver="GTiff",
@@ -193,7 +185,7 @@ def predict_scene(
                 o_in, s_in = _model_inputs(optical, sar, spec)
                 for x in xs:
                     cols = slice(x, x + win[1])
-                    acc[rows, cols] += np.asarray(predict(o_in[:, :, cols], s_in[:, :, cols]))[0]
+                    acc[rows, cols] += np.asarray(predictor(o_in[:, :, cols], s_in[:, :, cols]))[0]
                     cnt[rows, cols] += 1
                     bar.update(1)
                 # Rows above the next window row are final: write and drop them.

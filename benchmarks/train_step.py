@@ -26,16 +26,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run_case(batch: int, dtype: str, repeats: int) -> dict:
-    sys.path.insert(0, str(REPO))
     import jax
     import numpy as np
 
     from asanet_jax.data import pipeline
     from asanet_jax.models.config import resolve
-    from asanet_jax.train import optimizer, sharding, trainer
-    from configs import pie
+    from asanet_jax.train import optimizer, recipe, sharding, trainer
 
-    config = pie.get_config()
+    config = recipe.for_dataset("pie_rgb_sar")
     config.model.dtype = dtype
     config.train.batch_size = batch
     mesh = sharding.make_mesh(config.mesh)

@@ -8,7 +8,7 @@
 --config configs/ablations.py:sar_only    UPerNet ConvNeXt V2 on SAR (66.73)
 """
 
-from configs import pie
+from asanet_jax.train import recipe
 
 VARIANTS = {
     "sfm_cfm": dict(sfm=True, fusion="cfm", modalities="rgb+sar"),
@@ -26,6 +26,6 @@ def get_config(arg: str | None = None):
         raise ValueError(
             f"configs/ablations.py: unknown variant {name!r}; expected {sorted(VARIANTS)}"
         )
-    config = pie.get_config(local or None)
+    config = recipe.for_dataset("pie_rgb_sar", local or None, "configs/ablations.py")
     config.model.update(VARIANTS[name])
     return config

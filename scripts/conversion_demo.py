@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from asanet_jax import inference
 from asanet_jax.checkpointing import load_model
 from asanet_jax.convert.cli import convert_main, write_state_dict
 from asanet_jax.convert.official import export_state_dict
@@ -58,24 +59,22 @@ def main() -> None:
     rgb = rng.normal(size=shape).astype(np.float32)  # inputs are normalised images
     sar = rng.normal(size=shape).astype(np.float32)
 
-    @nnx.jit
-    def predict(m, a, b):
-        logits = m(a, b)["logits"]
-        return jnp.argmax(logits, axis=-1), logits
-
-    labels, logits = predict(reloaded, rgb, sar)
-    _, ref = predict(model, rgb, sar)
+    predictor = inference.Predictor(reloaded)
+    logits = predictor(rgb, sar)
+    labels = np.asarray(logits.argmax(-1))
+    ref = inference.Predictor(model)(rgb, sar)
     diff = float(jnp.abs(logits - ref).max())
     print(f"4. reloaded logits equal the original's (max |diff| {diff:.1e})")
     assert diff == 0.0, "conversion changed the model"
 
     for dtype in ("float32", "bfloat16"):
         m, _, _ = load_model(converted, {"dtype": dtype})
-        jax.block_until_ready(predict(m, rgb, sar))  # compile
+        predict = inference.Predictor(m)
+        jax.block_until_ready(predict(rgb, sar))  # compile
         times = []
         for _ in range(3):
             t = time.perf_counter()
-            jax.block_until_ready(predict(m, rgb, sar))
+            jax.block_until_ready(predict(rgb, sar))
             times.append(time.perf_counter() - t)
         rate = args.batch / float(np.median(times))
         print(f"5. {dtype} inference at {args.size}x{args.size}: {rate:.1f} images/s")

@@ -13,17 +13,13 @@ import json
 import pathlib
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # for `configs`
+import jax
+import numpy as np
+from absl import logging
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import logging  # noqa: E402
-
-from asanet_jax import checkpointing, metrics, visualize  # noqa: E402
-from asanet_jax.data import transforms  # noqa: E402
-from asanet_jax.train import trainer  # noqa: E402
-from configs import demo  # noqa: E402
+from asanet_jax import checkpointing, inference, metrics, visualize
+from asanet_jax.data import transforms
+from asanet_jax.train import recipe, trainer
 
 
 def predict_examples(model_dir: pathlib.Path, config, count: int = 4):
@@ -33,8 +29,8 @@ def predict_examples(model_dir: pathlib.Path, config, count: int = 4):
     spec = source.spec
     examples = [transforms.eval_example(source.records[i], spec) for i in range(count)]
     batch = {k: np.stack([e[k] for e in examples]) for k in ("optical", "sar")}
-    logits = jax.jit(lambda o, s: model(o, s)["logits"])(batch["optical"], batch["sar"])
-    return examples, list(np.asarray(logits.argmax(-1))), spec
+    labels = inference.Predictor(model).labels(batch["optical"], batch["sar"])
+    return examples, list(labels), spec
 
 
 def main(argv=None) -> int:
@@ -45,7 +41,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
     workdir = pathlib.Path(args.workdir)
-    config = demo.get_config()
+    config = recipe.demo_config()
     config.data.data_dir = args.data_dir
     config.train.overwrite = args.overwrite
     finished = (workdir / "run.json").is_file() and not args.overwrite

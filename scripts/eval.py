@@ -17,15 +17,12 @@ import json
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `configs`
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from asanet_jax import evaluation, metrics, visualize
+from asanet_jax import evaluation, inference, metrics, visualize
 from asanet_jax.convert.reader import CheckpointError
 from asanet_jax.data import io
-from asanet_jax.inference import InferenceError
 from asanet_jax.train import trainer
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:variant]).")
@@ -48,15 +45,16 @@ def main(argv) -> int:
     config = f.config
     try:
         model, _ = evaluation.load_checkpoint(f.checkpoint)
+        predictor = inference.Predictor(model)
         split = f.split or trainer.open_data(config, "train").spec.eval_split
         source = trainer.open_data(config, split)
         window = (f.window, f.window) if f.window else None
         stride = (f.stride, f.stride) if f.stride else None
         settings = evaluation.Settings(f.mode, window, stride, f.tta)
-        result, confusion, samples = evaluation.evaluate(model, source, settings)
+        result, confusion, samples = evaluation.evaluate(predictor, source, settings)
     except (
         evaluation.EvaluationError,
-        InferenceError,
+        inference.InferenceError,
         io.DataError,
         CheckpointError,
         FileNotFoundError,
@@ -84,7 +82,7 @@ def main(argv) -> int:
     print(metrics.format_table(result))
     print(f"wrote {out / 'metrics.json'}, {out / 'confusion.png'}, {out / 'predictions.png'}")
     if f.robustness:
-        table = evaluation.robustness(model, source, settings, seed=f.seed)
+        table = evaluation.robustness(predictor, source, settings, seed=f.seed)
         (out / "robustness.json").write_text(json.dumps(table, indent=2) + "\n")
         (out / "robustness.md").write_text(evaluation.robustness_markdown(table) + "\n")
         visualize.save_png(visualize.robustness_plot(table), out / "robustness.png")

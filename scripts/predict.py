@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags, logging
 
-from asanet_jax import evaluation, scene
+from asanet_jax import evaluation, inference, scene
 from asanet_jax.convert.reader import CheckpointError
 from asanet_jax.data import io, pipeline, specs
 
@@ -58,7 +58,15 @@ def main(argv) -> int:
             )
         preview = f.preview or str(pathlib.Path(f.output).with_suffix(".png"))
         out = scene.predict_scene(
-            model, f.optical, f.sar, f.output, spec, f.window, f.stride, f.confidence, preview
+            inference.Predictor(model),
+            f.optical,
+            f.sar,
+            f.output,
+            spec,
+            f.window,
+            f.stride,
+            f.confidence,
+            preview,
         )
     except (io.DataError, evaluation.EvaluationError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,10 +7,7 @@ Re-running with the same --workdir resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import pathlib
 import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `configs`
 
 from absl import app, flags, logging
 from ml_collections import config_flags

@@ -15,12 +15,11 @@ import numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
 
 from asanet_jax.data import pipeline  # noqa: E402
-from asanet_jax.train import optimizer, sharding, trainer  # noqa: E402
-from configs import demo  # noqa: E402
+from asanet_jax.train import optimizer, recipe, sharding, trainer  # noqa: E402
 
 
 def one_step(mesh_shape, devices):
-    config = demo.get_config("runlocal")
+    config = recipe.demo_config("runlocal")
     config.model.depths = (1, 1, 1, 1)
     config.model.channels = (8, 16, 24, 32)
     config.model.decoder_channels = 16

@@ -54,7 +54,7 @@ def test_tta_undoes_flips_and_scales():
     rng = np.random.default_rng(0)
     optical = rng.integers(0, 255, (40, 48, 3)).astype(np.uint8)
     spec = pipeline.specs.synthetic_spec()
-    probs = inference.tta_probabilities(
+    probs = evaluation.tta_probabilities(
         lambda o, s: image_as_logits(o, s), optical, optical, spec, (1.0,), flip=True
     )
     normalised = image_as_logits(
@@ -63,7 +63,7 @@ def test_tta_undoes_flips_and_scales():
     )
     np.testing.assert_allclose(probs, jax.nn.softmax(normalised, -1), rtol=1e-5, atol=1e-6)
     # Several ratios: every variant is resized back to the input size before averaging.
-    multi = inference.tta_probabilities(
+    multi = evaluation.tta_probabilities(
         lambda o, s: image_as_logits(o, s), optical, optical, spec, (0.5, 1.0, 1.5)
     )
     assert multi.shape == (40, 48, 3)
@@ -72,8 +72,9 @@ def test_tta_undoes_flips_and_scales():
 
 def test_split_metrics_equal_an_independent_computation(setup):
     _, model, source = setup
+    predictor = inference.Predictor(model)
     result, confusion, samples = evaluation.evaluate(
-        model, source, evaluation.Settings(), progress=False
+        predictor, source, evaluation.Settings(), progress=False
     )
     expected = np.zeros((6, 6), np.int64)
     for i in range(len(source)):
@@ -84,7 +85,7 @@ def test_split_metrics_equal_an_independent_computation(setup):
     np.testing.assert_array_equal(confusion, expected)
     assert len(samples) == 4
     slide, confusion_slide, _ = evaluation.evaluate(
-        model, source, evaluation.Settings("slide", (64, 64), (64, 64)), progress=False
+        predictor, source, evaluation.Settings("slide", (64, 64), (64, 64)), progress=False
     )
     np.testing.assert_array_equal(confusion_slide, expected)  # one window = whole image
     assert slide["mIoU"] == result["mIoU"]

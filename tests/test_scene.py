@@ -23,6 +23,11 @@ def model():
     return micro_model(6, seed=2)
 
 
+@pytest.fixture(scope="module")
+def predictor(model):
+    return inference.Predictor(model)
+
+
 def write_scene(root, shape, crs="EPSG:32650", sar_crs=None, optical_bands=3):
     rng = np.random.default_rng(0)
     optical = rng.integers(1, 256, (*shape, optical_bands)).astype(np.uint8)
@@ -39,20 +44,19 @@ def write_scene(root, shape, crs="EPSG:32650", sar_crs=None, optical_bands=3):
     return optical, sar
 
 
-def in_memory(model, optical, sar, window, stride):
+def in_memory(predict, optical, sar, window, stride):
     ex = transforms.eval_example(
         {"optical": optical, "sar": sar[..., None], "label": np.zeros(sar.shape, np.uint8)}, SPEC
     )
-    predict = jax.jit(lambda o, s: model(o, s)["logits"])
     if window is None:
         return inference.whole(predict, ex["optical"][None], ex["sar"][None])[0]
     return inference.slide(predict, ex["optical"][None], ex["sar"][None], window, stride, 6)[0]
 
 
-def test_scene_larger_than_a_window_equals_in_memory_sliding_inference(model, tmp_path):
+def test_scene_larger_than_a_window_equals_in_memory_sliding_inference(predictor, tmp_path):
     optical, sar = write_scene(tmp_path, (150, 170))
     out = scene.predict_scene(
-        model,
+        predictor,
         tmp_path / "opt.tif",
         tmp_path / "sar.tif",
         tmp_path / "labels.tif",
@@ -63,7 +67,7 @@ def test_scene_larger_than_a_window_equals_in_memory_sliding_inference(model, tm
         preview_path=tmp_path / "preview.png",
         progress=False,
     )
-    logits = in_memory(model, optical, sar, (64, 64), (48, 48))
+    logits = in_memory(predictor, optical, sar, (64, 64), (48, 48))
     expected = logits.argmax(-1)
     expected[:5, :7] = scene.NODATA
     with rasterio.open(out) as dst, rasterio.open(tmp_path / "opt.tif") as src:
@@ -77,10 +81,10 @@ def test_scene_larger_than_a_window_equals_in_memory_sliding_inference(model, tm
     assert not list(tmp_path.glob(".*partial"))
 
 
-def test_scene_within_one_window_equals_whole_image_inference(model, tmp_path):
+def test_scene_within_one_window_equals_whole_image_inference(predictor, tmp_path):
     optical, sar = write_scene(tmp_path, (64, 64))
     scene.predict_scene(
-        model,
+        predictor,
         tmp_path / "opt.tif",
         tmp_path / "sar.tif",
         tmp_path / "labels.tif",
@@ -88,7 +92,7 @@ def test_scene_within_one_window_equals_whole_image_inference(model, tmp_path):
         window=96,
         progress=False,
     )
-    expected = in_memory(model, optical, sar, None, None).argmax(-1)
+    expected = in_memory(predictor, optical, sar, None, None).argmax(-1)
     expected[:5, :7] = scene.NODATA
     with rasterio.open(tmp_path / "labels.tif") as dst:
         np.testing.assert_array_equal(dst.read(1), expected)
@@ -101,11 +105,11 @@ def test_scene_within_one_window_equals_whole_image_inference(model, tmp_path):
         ({"optical_bands": 2}, "2 bands have no OpenCV colour decoding"),
     ],
 )
-def test_inputs_that_do_not_fit_are_clear_errors(model, tmp_path, kwargs, message):
+def test_inputs_that_do_not_fit_are_clear_errors(predictor, tmp_path, kwargs, message):
     write_scene(tmp_path, (40, 40), **kwargs)
     with pytest.raises(io.DataError, match=message):
         scene.predict_scene(
-            model,
+            predictor,
             tmp_path / "opt.tif",
             tmp_path / "sar.tif",
             tmp_path / "out.tif",

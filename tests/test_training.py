@@ -1,7 +1,6 @@
 """Training: configs, the official optimiser groups and schedule, sharded steps on real
 meshes, exact resume (also after SIGKILL), divergence handling, and metrics."""
 
-import importlib
 import json
 import os
 import pathlib
@@ -19,10 +18,9 @@ from asanet_jax import metrics
 from asanet_jax.convert import layout, mapping
 from asanet_jax.models.asanet import ASANet, count_params
 from asanet_jax.models.config import resolve
-from asanet_jax.train import optimizer, trainer
+from asanet_jax.train import optimizer, recipe, trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 CONFIGS = [
     ("pie", None),
@@ -37,7 +35,7 @@ CONFIGS = [
 
 
 def load_config(name, arg=None):
-    return importlib.import_module(f"configs.{name}").get_config(arg)
+    return recipe.load(f"{REPO}/configs/{name}.py" + (f":{arg}" if arg else ""))
 
 
 @pytest.mark.parametrize(("name", "arg"), CONFIGS)

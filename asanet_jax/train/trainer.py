@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from asanet_jax import checkpointing, metrics
+from asanet_jax import checkpointing, inference, metrics
 from asanet_jax.data import build, io, pipeline, transforms
 from asanet_jax.losses import segmentation_loss
 from asanet_jax.models.asanet import WEIGHTS, ASANet
@@ -44,13 +44,6 @@ class TrainState:
     eval_graphdef: object
     state: nnx.State  # parameters, BatchNorm statistics, RNG streams
     opt_state: optax.OptState
-
-
-def model_inputs(spec, batch) -> tuple:
-    """(rgb, sar) for the model; a single-modality model gets only its own."""
-    rgb = batch["optical"] if "rgb" in spec.streams else None
-    sar = batch["sar"] if "sar" in spec.streams else None
-    return rgb, sar
 
 
 def open_data(config: ml_collections.ConfigDict, split: str) -> pipeline.Source:
@@ -138,7 +131,7 @@ def make_train_step(train_state: TrainState, tx, spec, aux_weight: float, mesh):
         model = nnx.merge(graphdef, state)
 
         def loss_fn(m):
-            out = m(*model_inputs(spec, batch))
+            out = m(*inference.stream_inputs(spec, batch["optical"], batch["sar"]))
             return segmentation_loss(out, batch["label"].astype(jnp.int32), aux_weight)
 
         (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -165,8 +158,7 @@ def make_eval_step(train_state: TrainState, spec, mesh):
     graphdef = train_state.eval_graphdef
 
     def step(state, confusion, batch):
-        model = nnx.merge(graphdef, state)
-        logits = model(*model_inputs(spec, batch))["logits"]
+        logits = inference.logits(graphdef, state, batch["optical"], batch["sar"])
         pred = jnp.argmax(logits, axis=-1)
         return metrics.confusion_update(confusion, pred, batch["label"])
 
