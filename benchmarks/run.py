@@ -31,9 +31,24 @@ import time
 SIZE = 256
 NUM_CLASSES = 6
 RESULTS = pathlib.Path(__file__).parent / "results"
+# Architectures both frameworks build: the paper's, and the golden fixture's (smoke runs).
+MODELS = {
+    "tiny": {},
+    "micro": dict(
+        depths=(1, 1, 2, 1), channels=(16, 32, 64, 128), decoder_channels=32, aux_channels=16
+    ),
+}
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident set. Linux's VmHWM belongs to the process image, while
+    getrusage's ru_maxrss survives exec and so reports the parent's peak if larger."""
+    try:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -46,7 +61,8 @@ def _timed(fn, repeats: int) -> list[float]:
     return times
 
 
-def run_jax(mode: str, precision: str, batch: int, repeats: int) -> dict:
+def jax_step(mode: str, precision: str, batch: int, arch: str, size: int):
+    """A function running one compiled, blocking inference or training step of ours."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -57,10 +73,10 @@ def run_jax(mode: str, precision: str, batch: int, repeats: int) -> dict:
     from asanet_jax.models import ASANet
 
     dtype = {"fp32": "float32", "bf16": "bfloat16"}[precision]
-    model = ASANet({"dtype": dtype}, rngs=nnx.Rngs(0))
+    model = ASANet({**MODELS[arch], "dtype": dtype}, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
-    rgb = jnp.asarray(rng.normal(size=(batch, SIZE, SIZE, 3)), jnp.float32)
-    sar = jnp.asarray(rng.normal(size=(batch, SIZE, SIZE, 3)), jnp.float32)
+    rgb = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
+    sar = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
     if mode == "infer":
         model.eval()
         graphdef, state = nnx.split(model)
@@ -74,7 +90,7 @@ def run_jax(mode: str, precision: str, batch: int, repeats: int) -> dict:
             jax.block_until_ready(compiled(state, rgb, sar))
 
     else:
-        labels = jnp.asarray(rng.integers(0, NUM_CLASSES, size=(batch, SIZE, SIZE)), jnp.int32)
+        labels = jnp.asarray(rng.integers(0, NUM_CLASSES, size=(batch, size, size)), jnp.int32)
         model.train()
         tx = optax.adamw(1e-4, b1=0.9, b2=0.999, weight_decay=0.05)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -103,15 +119,22 @@ def run_jax(mode: str, precision: str, batch: int, repeats: int) -> dict:
             carry[:] = [p, r, o]
             jax.block_until_ready(loss)
 
+    return step
+
+
+def run_jax(mode: str, precision: str, batch: int, repeats: int, arch: str, size: int) -> dict:
+    import jax
+
+    step = jax_step(mode, precision, batch, arch, size)
     step()  # warm-up
     times = _timed(step, repeats)
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
-    peak = stats["peak_bytes_in_use"] / 2**20 if stats else _peak_rss_mb()
+    peak = stats["peak_bytes_in_use"] / 2**20 if stats else peak_rss_mb()
     return {"times_s": times, "peak_memory_mb": peak, "device": device.device_kind}
 
 
-def run_torch(mode: str, precision: str, batch: int, repeats: int) -> dict:
+def run_torch(mode: str, precision: str, batch: int, repeats: int, arch: str, size: int) -> dict:
     import torch
 
     from benchmarks.torch_asanet import TorchASANet, loss
@@ -119,8 +142,8 @@ def run_torch(mode: str, precision: str, batch: int, repeats: int) -> dict:
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
-    model = TorchASANet().to(dev).to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 6, SIZE, SIZE, device=dev).to(memory_format=torch.channels_last)
+    model = TorchASANet(**MODELS[arch]).to(dev).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 6, size, size, device=dev).to(memory_format=torch.channels_last)
     amp_dtype = torch.float16 if cuda else torch.bfloat16
     autocast = torch.autocast(dev.type, dtype=amp_dtype, enabled=precision == "amp")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -135,7 +158,7 @@ def run_torch(mode: str, precision: str, batch: int, repeats: int) -> dict:
 
     else:
         model.train()
-        labels = torch.randint(0, NUM_CLASSES, (batch, SIZE, SIZE), device=dev)
+        labels = torch.randint(0, NUM_CLASSES, (batch, size, size), device=dev)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
         scaler = torch.amp.GradScaler(enabled=cuda and precision == "amp")
 
@@ -152,15 +175,15 @@ def run_torch(mode: str, precision: str, batch: int, repeats: int) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = _timed(step, repeats)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
     name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
     return {"times_s": times, "peak_memory_mb": peak, "device": name}
 
 
-def run_case(case: str, repeats: int) -> dict:
+def run_case(case: str, repeats: int, arch: str = "tiny", size: int = SIZE) -> dict:
     framework, mode, precision, batch = case.split(":")
     fn = run_jax if framework == "jax" else run_torch
-    out = fn(mode, precision, int(batch), repeats)
+    out = fn(mode, precision, int(batch), repeats, arch, size)
     median = statistics.median(out["times_s"])
     return {
         "framework": framework,
@@ -169,8 +192,60 @@ def run_case(case: str, repeats: int) -> dict:
         "batch": int(batch),
         "median_s": median,
         "images_per_s": int(batch) / median,
+        "model": arch,
+        "size": size,
         **out,
     }
+
+
+def run_in_subprocesses(
+    todo: list[str],
+    repeats: int,
+    arch: str = "tiny",
+    size: int = SIZE,
+    deadline: float | None = None,
+    log=print,
+) -> tuple[list[dict], list[str]]:
+    """Run each case in a fresh process (its own peak memory); returns (results, not run).
+
+    A case that fails is logged with its error and counted as not run; with a `deadline`
+    (time.perf_counter() value), cases that would start after it are not run either."""
+    results, not_run, start = [], [], time.perf_counter()
+    for i, case in enumerate(todo, 1):
+        if deadline is not None and time.perf_counter() > deadline:
+            not_run.append(f"{case} (time budget spent)")
+            continue
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.run",
+                "--case",
+                case,
+                "--repeats",
+                str(repeats),
+                "--model",
+                arch,
+                "--size",
+                str(size),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=pathlib.Path(__file__).resolve().parents[1],
+        )
+        if proc.returncode != 0:
+            log(f"[{i}/{len(todo)}] {case}: FAILED\n{proc.stderr[-2000:]}")
+            not_run.append(f"{case} (failed: {proc.stderr.strip().splitlines()[-1:]})")
+            continue
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append(result)
+        elapsed = time.perf_counter() - start
+        eta = elapsed / i * (len(todo) - i)
+        log(
+            f"[{i}/{len(todo)}] {case}: {result['images_per_s']:.2f} images/s, "
+            f"peak {result['peak_memory_mb']:.0f} MB  (elapsed {elapsed:.0f}s, ETA {eta:.0f}s)"
+        )
+    return results, not_run
 
 
 def cases(infer: list[int], train: list[int]) -> list[str]:
@@ -204,8 +279,9 @@ def environment() -> dict:
 
 def table(results: list[dict], env: dict) -> str:
     by_key = {(r["mode"], r["batch"], r["framework"], r["precision"]): r for r in results}
+    arch, size = (results[0]["model"], results[0]["size"]) if results else ("tiny", SIZE)
     lines = [
-        f"ASANet-tiny, {SIZE}x{SIZE}, images/s (median) and peak memory (MB). "
+        f"ASANet-{arch}, {size}x{size}, images/s (median) and peak memory (MB). "
         f"Machine: {env['accelerator'] or env['cpu']} ({env['cpu_cores']} CPU cores); "
         f"jax {env['jax']}, flax {env['flax']}, torch {env['torch']}.",
         "",
@@ -238,10 +314,12 @@ def main() -> None:
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", help="comma-separated substrings a case must contain, e.g. infer,jax")
+    p.add_argument("--model", default="tiny", choices=sorted(MODELS))
+    p.add_argument("--size", type=int, default=SIZE)
     p.add_argument("--case", help=argparse.SUPPRESS)  # one case, in this process
     args = p.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.repeats)))
+        print(json.dumps(run_case(args.case, args.repeats, args.model, args.size)))
         return
     env = environment()
     if args.train_batches is None:
@@ -252,33 +330,7 @@ def main() -> None:
     todo = [
         c for c in cases(infer, train) if not args.only or all(s in c for s in args.only.split(","))
     ]
-    results, start = [], time.perf_counter()
-    for i, case in enumerate(todo, 1):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.run",
-                "--case",
-                case,
-                "--repeats",
-                str(args.repeats),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            print(f"[{i}/{len(todo)}] {case}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
-            continue
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        results.append(result)
-        elapsed = time.perf_counter() - start
-        eta = elapsed / i * (len(todo) - i)
-        print(
-            f"[{i}/{len(todo)}] {case}: {result['images_per_s']:.2f} images/s, "
-            f"peak {result['peak_memory_mb']:.0f} MB  (elapsed {elapsed:.0f}s, ETA {eta:.0f}s)",
-            flush=True,
-        )
+    results, _ = run_in_subprocesses(todo, args.repeats, args.model, args.size)
     name = "gpu" if env["accelerator"] else "cpu"
     RESULTS.mkdir(exist_ok=True)
     previous = RESULTS / f"{name}.json"

@@ -15,7 +15,6 @@ import argparse
 import json
 import pathlib
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ def run_case(batch: int, dtype: str, repeats: int) -> dict:
     from asanet_jax.data import pipeline
     from asanet_jax.models.config import resolve
     from asanet_jax.train import optimizer, recipe, sharding, trainer
+    from benchmarks import run
 
     config = recipe.for_dataset("pie_rgb_sar")
     config.model.dtype = dtype
@@ -67,11 +67,7 @@ def run_case(batch: int, dtype: str, repeats: int) -> dict:
         times.append(time.perf_counter() - t)
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
-    peak = (
-        stats["peak_bytes_in_use"] / 2**20
-        if stats
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
+    peak = stats["peak_bytes_in_use"] / 2**20 if stats else run.peak_rss_mb()
     median = statistics.median(times)
     return {
         "batch": batch,

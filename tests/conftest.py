@@ -17,16 +17,7 @@ import pytest
 # Parity is measured at full float32 matmul precision (TF32/bf16 passes otherwise).
 jax.config.update("jax_default_matmul_precision", "highest")
 
-GOLDEN = pathlib.Path(__file__).parent / "fixtures" / "golden_micro"
-
-
-def nhwc(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
-
-
-def rel_l2(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+from benchmarks.golden import GOLDEN, nhwc, rel_l2  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,11 @@ devices = jax.devices()
 single, loss1, _ = one_step({"data": 1, "fsdp": 1}, devices[:1])
 dp, loss8, dp_sharded = one_step({"data": 8, "fsdp": 1}, devices)
 fsdp, loss_f, fsdp_sharded = one_step({"data": 4, "fsdp": 2}, devices)
+try:
+    sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 3}))
+    fsdp3_error = None
+except ValueError as e:
+    fsdp3_error = str(e)
 
 
 def top(a, b):
@@ -85,6 +90,7 @@ print(
             "dp_sharded": len(dp_sharded),
             "fsdp_sharded": fsdp_sharded[:5],
             "fsdp_sharded_count": len(fsdp_sharded),
+            "fsdp3_error": fsdp3_error,
         }
     )
 )

@@ -33,14 +33,49 @@ def maybe_initialize_distributed(distributed) -> None:
         jax.distributed.initialize()
 
 
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+def available_devices(platform: str | None = None) -> list:
+    """All devices of all processes, checked against a requested platform.
+
+    Raises:
+      ValueError: JAX cannot start its backend, or it runs on another platform than
+        `platform`; the message names what was found. Nothing falls back silently.
+    """
+    try:
+        devices = jax.devices()
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"JAX could not start its backend (JAX_PLATFORMS="
+            f"{os.environ.get('JAX_PLATFORMS', '')!r}): {first}"
+        ) from None
+    if platform is not None:
+        if platform not in PLATFORMS:
+            raise ValueError(f"config.mesh.platform={platform!r}: expected one of {PLATFORMS}")
+        found = devices[0].platform
+        if found != platform:
+            raise ValueError(
+                f"config.mesh.platform={platform!r} but JAX {jax.__version__} found "
+                f"{len(devices)} {found} device(s) ({devices[0].device_kind}); install the "
+                "matching JAX build (pip install 'asanet-jax[cuda12]', '[cuda13]' or '[tpu]')"
+            )
+    return devices
+
+
 def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
-    devices = list(devices if devices is not None else jax.devices())
+    if devices is None:
+        devices = available_devices(mesh_config.get("platform"))
+    devices = list(devices)
     fsdp = int(mesh_config.fsdp)
     data = int(mesh_config.data) if mesh_config.data != -1 else len(devices) // max(fsdp, 1)
     if fsdp < 1 or data < 1 or data * fsdp != len(devices):
+        kind = f"{devices[0].platform} " if devices else ""
         raise ValueError(
-            f"mesh data={mesh_config.data} x fsdp={mesh_config.fsdp} does not fit the "
-            f"{len(devices)} devices; their product must equal the device count (data=-1 fills)"
+            f"config.mesh data={mesh_config.data} x fsdp={mesh_config.fsdp} does not fit the "
+            f"{len(devices)} {kind}device(s) found; their product must equal the device "
+            "count (data=-1 takes what fsdp leaves, and fsdp must divide the count)"
         )
     # Auto axes: the model code is written for GSPMD propagation, not sharding-in-types.
     return jax.make_mesh(

@@ -297,6 +297,9 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
         disable=jax.process_index() != 0,
     )
     tick, tick_step = time.perf_counter(), start
+    # Throughput over the log intervals after the first (which holds the compilation),
+    # evaluation and checkpointing excluded.
+    timed_images, timed_seconds = 0, 0.0
     for step in range(start, end):
         batch = pipeline.global_batch(next(data_iter), batch_sharding)
         train_state.state, train_state.opt_state, out = train_step(
@@ -319,6 +322,9 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
                     )
             now = time.perf_counter()
             rate = (done - tick_step) * config.train.batch_size / max(now - tick, 1e-9)
+            if tick_step > start:
+                timed_images += (done - tick_step) * config.train.batch_size
+                timed_seconds += now - tick
             tick, tick_step = now, done
             loss = fetched[-1][1]
             if writer:
@@ -347,6 +353,8 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
                 ckpt.save_best(
                     done, train_state.state, train_state.opt_state, data_state, last_metrics
                 )
+        if eval_now or checkpoint_now:
+            tick = time.perf_counter()
     bar.close()
     ckpt.wait()
     ckpt.close()
@@ -364,7 +372,10 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
             workdir / "model", model, metadata={"trained_steps": steps}, overwrite=True
         )
         (workdir / "metrics.json").write_text(metrics.to_json(last_metrics))
-        (workdir / "run.json").write_text(json.dumps({"finished": True, "steps": steps}) + "\n")
+        speed = round(timed_images / timed_seconds, 2) if timed_seconds else None
+        (workdir / "run.json").write_text(
+            json.dumps({"finished": True, "steps": steps, "images_per_s": speed}) + "\n"
+        )
     _sync("run finished")
     return last_metrics
 

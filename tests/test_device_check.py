@@ -1,0 +1,49 @@
+"""The accelerator check runs end to end at tiny sizes on CPU (`--smoke`), so that its first
+real call on a GPU machine cannot fail on a typo or a missing import."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+from benchmarks import golden
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_smoke_run_writes_every_section(tmp_path):
+    out = tmp_path / "check"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.device_check", "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "check.json").read_text())
+    assert report["errors"] == {}
+    assert report["environment"]["platform"] == "cpu"
+    assert report["environment"]["versions"]["jax"]
+    parity = report["parity"]
+    assert all(parity["passed"].values()), parity["passed"]
+    assert parity["worst_output"] <= golden.OUTPUT_TOL
+    assert len(parity["gradients"]) == 303
+    assert report["training"]["steps"] == 4 and report["training"]["images_per_s"] > 0
+    assert 0 <= report["training"]["mIoU"] <= 100
+    bench = report["benchmarks"]
+    assert bench["not_run"] == []
+    cases = {(r["framework"], r["mode"], r["precision"], r["batch"]) for r in bench["results"]}
+    assert cases == {
+        ("jax", "infer", "bf16", 1),
+        ("jax", "train", "bf16", 2),
+        ("torch", "infer", "amp", 1),
+        ("torch", "train", "amp", 2),
+    }
+    assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in bench["results"])
+    for mode in ("train", "infer"):
+        top = report["profile"][mode]["top"]
+        assert top and top[0]["ms"] > 0, report["profile"][mode]
+    assert "| mode | batch |" in (out / "gpu.md").read_text()
+    assert "## Parity with the official model" in (out / "check.md").read_text()
+    assert (out / "log.txt").is_file()
