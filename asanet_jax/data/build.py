@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib
 import pathlib
+import shutil
 
 import tensorflow_datasets as tfds
 
-from asanet_jax.data import io
+from asanet_jax import files
+from asanet_jax.data import fingerprint, io
 
 
 class NotBuiltError(io.DataError):
@@ -25,22 +27,71 @@ def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
     return module.Builder
 
 
+class StaleError(io.DataError):
+    """A built dataset whose source files changed since it was built."""
+
+
 def build(
     name: str,
     data_dir: str | pathlib.Path,
     manual_dir: str | pathlib.Path | None = None,
     config=None,
+    overwrite: bool = False,
     **builder_kwargs,
 ) -> tfds.core.DatasetBuilder:
-    """Build `name` into `data_dir` as ArrayRecord (the format grain reads)."""
-    builder = builder_class(name)(
-        data_dir=str(data_dir), file_format="array_record", config=config, **builder_kwargs
-    )
+    """Build `name` into `data_dir` as ArrayRecord (the format grain reads).
+
+    A dataset already built there is reused if its source files are unchanged (see
+    `fingerprint.py`). If they changed, this raises StaleError naming what changed,
+    unless `overwrite`, which removes that build (and nothing else) and builds anew.
+    """
+
+    def make():
+        return builder_class(name)(
+            data_dir=str(data_dir), file_format="array_record", config=config, **builder_kwargs
+        )
+
+    builder = make()
+    built = pathlib.Path(builder.data_dir)
+    if (built / "dataset_info.json").is_file():
+        if overwrite:
+            shutil.rmtree(built)
+            builder = make()
+        elif manual_dir is not None:
+            recorded = (builder.info.metadata or {}).get("source")
+            current = fingerprint.fingerprint(
+                manual_dir, list(recorded["parts"]) if recorded else []
+            )
+            changed = fingerprint.changes(recorded, current) if recorded else []
+            if changed:
+                raise StaleError(
+                    f"{built}: built from {recorded['manual_dir']}, and since then "
+                    f"{'; '.join(changed)}; rebuild with --overwrite"
+                )
     download_config = tfds.download.DownloadConfig(
         manual_dir=str(manual_dir) if manual_dir is not None else None
     )
-    builder.download_and_prepare(download_config=download_config)
+    # TFDS writes into a temporary folder and renames it when complete; the empty folders
+    # it creates around it are removed too when the build fails.
+    created = [p for p in _scaffolding(pathlib.Path(data_dir), name) if not p.exists()]
+    try:
+        with files.disk_errors_as_oserror(data_dir):
+            builder.download_and_prepare(download_config=download_config)
+    except BaseException:
+        for path in created:
+            _remove_if_empty(path)
+        raise
     return builder
+
+
+def _scaffolding(data_dir: pathlib.Path, name: str) -> list[pathlib.Path]:
+    return [data_dir / name, data_dir / "downloads", data_dir]
+
+
+def _remove_if_empty(path: pathlib.Path) -> None:
+    """Remove `path` if it holds nothing but empty folders."""
+    if path.is_dir() and not any(p.is_file() or p.is_symlink() for p in path.rglob("*")):
+        shutil.rmtree(path)
 
 
 def _versions(root: pathlib.Path) -> list[tuple[tfds.core.Version, pathlib.Path]]:
@@ -79,6 +130,14 @@ def builder_dir(data_dir: str | pathlib.Path, name: str, config: str | None = No
 def open_split(data_dir, name: str, split: str, config: str | None = None):
     """(random-access source of `split`, DatasetInfo) of a built dataset, read without TF."""
     builder = tfds.builder_from_directory(str(builder_dir(data_dir, name, config)))
+    recorded = (builder.info.metadata or {}).get("source")
+    changed = fingerprint.recheck(recorded) if recorded else None
+    if changed:
+        raise StaleError(
+            f"{builder.data_dir}: built from {recorded['manual_dir']}, and since then "
+            f"{'; '.join(changed)}; rebuild it (scripts/build_dataset.py {name} --manual_dir "
+            f"{recorded['manual_dir']} --data_dir {data_dir} --overwrite)"
+        )
     if split not in builder.info.splits:
         raise io.DataError(
             f"dataset {builder.info.full_name}: no split {split!r}; "

@@ -7,7 +7,12 @@ are zlib-compressed tensors, so any dtype and band count round-trips bit for bit
 reading them back needs no TensorFlow.
 
 TFDS writes a build into a temporary directory and renames it only when every split has
-been written, so a build that raises leaves no dataset that looks complete.
+been written, so a build that raises leaves no dataset that looks complete. The build
+records a fingerprint of its source files (`fingerprint.py`) in its metadata, so that a
+dataset built from files that changed since is never served as current.
+
+Optical, SAR and label of an example must share their CRS and geotransform where the
+files have them; ``check_georeference=False`` accepts files that do not.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from asanet_jax.data import io, specs
+from asanet_jax.data import fingerprint, io, specs
 
 
 def image_feature(dtype) -> tfds.features.Tensor:
@@ -45,6 +50,15 @@ class RgbSarBuilder(tfds.core.GeneratorBasedBuilder):
     SPEC: specs.DatasetSpec
     OPTICAL_BANDS: tuple[int, ...] = (3,)
     SAR_BANDS: tuple[int, ...] = (1, 3)
+    # Folders and files of the manual directory that the build reads.
+    SOURCE_PARTS: tuple[str, ...] = ()
+
+    def __init__(self, *, check_georeference: bool = True, **kwargs):
+        self.check_georeference = check_georeference
+        super().__init__(**kwargs)
+
+    def source_parts(self, root: pathlib.Path) -> list[str]:
+        return list(self.SOURCE_PARTS)
 
     def dataset_spec(self) -> specs.DatasetSpec:
         return self.SPEC
@@ -60,12 +74,14 @@ class RgbSarBuilder(tfds.core.GeneratorBasedBuilder):
         )
 
     def manual_path(self, dl_manager) -> pathlib.Path:
+        """The source folder; its fingerprint is recorded with the build."""
         path = pathlib.Path(dl_manager.manual_dir)
         if not path.is_dir():
             raise io.DataError(
                 f"{path}: manual directory not found; pass --manual_dir pointing at the "
                 f"extracted {self.name} dataset (see tfds_builders/{self.name}/README.md)"
             )
+        self.info.metadata["source"] = fingerprint.fingerprint(path, self.source_parts(path))
         return path
 
     def read_pair(
@@ -78,13 +94,14 @@ class RgbSarBuilder(tfds.core.GeneratorBasedBuilder):
         io.check_band_count(optical_path, optical, self.OPTICAL_BANDS, "optical")
         io.check_band_count(sar_path, sar, self.SAR_BANDS, "SAR")
         io.check_band_count(label_path, label, (1,), "label")
-        io.check_same_size(
-            {
-                "optical": (optical_path, optical),
-                "SAR": (sar_path, sar),
-                "label": (label_path, label),
-            }
-        )
+        rasters = {
+            "optical": (optical_path, optical),
+            "SAR": (sar_path, sar),
+            "label": (label_path, label),
+        }
+        io.check_same_size(rasters)
+        if self.check_georeference:
+            io.check_same_georeference(rasters)
         return optical, sar, label
 
     def example(

@@ -121,6 +121,42 @@ def check_same_size(rasters: dict[str, tuple[pathlib.Path, Raster]]) -> None:
         raise DataError(f"modalities differ in size (H, W): {detail}")
 
 
+def check_same_georeference(rasters: dict[str, tuple[pathlib.Path, Raster]]) -> None:
+    """DataError naming the files if those that have a CRS or geotransform disagree."""
+    with_crs = {role: (p, r) for role, (p, r) in rasters.items() if r.crs}
+    if len({r.crs for _, r in with_crs.values()}) > 1:
+        detail = "; ".join(f"{role} {p} has {r.crs[:60]}..." for role, (p, r) in with_crs.items())
+        raise DataError(
+            f"modalities differ in CRS: {detail} (check_georeference=False / "
+            "--accept_misaligned accepts them)"
+        )
+    georef = {role: (p, r) for role, (p, r) in rasters.items() if not np.isnan(r.transform[0])}
+    transforms = [np.asarray(r.transform) for _, r in georef.values()]
+    if any(
+        not np.allclose(t, transforms[0], rtol=0, atol=1e-9 * max(1.0, abs(t).max()))
+        for t in transforms[1:]
+    ):
+        detail = "; ".join(
+            f"{role} {p} has {tuple(r.transform)}" for role, (p, r) in georef.items()
+        )
+        raise DataError(
+            f"modalities differ in geotransform: {detail} (check_georeference=False / "
+            "--accept_misaligned accepts them)"
+        )
+
+
+def check_disjoint_splits(names: dict[str, list[str]], where) -> None:
+    """DataError if an example is listed in more than one split."""
+    splits = list(names)
+    for i, a in enumerate(splits):
+        for b in splits[i + 1 :]:
+            both = sorted(set(names[a]) & set(names[b]))
+            if both:
+                raise DataError(
+                    f"{where}: {len(both)} example(s) listed in both {a!r} and {b!r}: {both[:10]}"
+                )
+
+
 def check_band_count(path: pathlib.Path, raster: Raster, allowed: tuple[int, ...], role: str):
     if raster.bands not in allowed:
         raise DataError(

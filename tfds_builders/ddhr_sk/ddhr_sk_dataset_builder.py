@@ -31,6 +31,7 @@ class Builder(builder_base.RgbSarBuilder):
     SPEC = specs.DDHR_SK
     OPTICAL_BANDS = (3,)
     SAR_BANDS = (1, 3)
+    SOURCE_PARTS = ("GF2", "GF3", "label")
 
     def _split_generators(self, dl_manager):
         root = self.manual_path(dl_manager)

@@ -21,12 +21,15 @@ class Builder(builder_base.RgbSarBuilder):
     SPEC = specs.PIE_RGB_SAR
     OPTICAL_BANDS = (3,)
     SAR_BANDS = (1, 3)
+    SOURCE_PARTS = ("rgb", "sar", "label", *SPLIT_FILES.values())
 
     def _split_generators(self, dl_manager):
         root = self.manual_path(dl_manager)
+        names = {split: io.read_name_list(root / file) for split, file in SPLIT_FILES.items()}
+        io.check_disjoint_splits(names, root)
         return {
-            split: self._generate_examples(root, io.read_name_list(root / file), split)
-            for split, file in SPLIT_FILES.items()
+            split: self._generate_examples(root, split_names, split)
+            for split, split_names in names.items()
         }
 
     def _generate_examples(self, root, names, split):

@@ -42,11 +42,22 @@ class Builder(builder_base.RgbSarBuilder):
     def dataset_spec(self) -> specs.DatasetSpec:
         return self._dataset_spec
 
+    def source_parts(self, root) -> list[str]:
+        fs = folder_spec.FolderSpec.load(root / folder_spec.SPEC_FILE)
+        return [
+            folder_spec.SPEC_FILE,
+            fs.optical_dir,
+            fs.sar_dir,
+            fs.label_dir,
+            *fs.splits.values(),
+        ]
+
     def _split_generators(self, dl_manager):
         root = self.manual_path(dl_manager)
         fs = folder_spec.FolderSpec.load(root / folder_spec.SPEC_FILE)
         self._folder, self._root = fs, root
         names = {split: io.read_name_list(root / file) for split, file in fs.splits.items()}
+        io.check_disjoint_splits(names, root / folder_spec.SPEC_FILE)
         stats = {k: getattr(fs, k) for k in ("optical_mean", "optical_std", "sar_mean", "sar_std")}
         if any(v is None for v in stats.values()):
             if "train" not in names:

@@ -89,6 +89,7 @@ class Builder(builder_base.RgbSarBuilder):
     SPEC = specs.WHU_OPT_SAR
     OPTICAL_BANDS = (4,)
     SAR_BANDS = (1,)
+    SOURCE_PARTS = ("optical", "sar", "lbl", DIVISION_FILE)
 
     def _features(self):
         return builder_base.base_features(

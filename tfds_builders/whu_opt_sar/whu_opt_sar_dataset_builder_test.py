@@ -48,7 +48,11 @@ def test_tiles_hold_the_scene_windows_with_nir_and_georeference(built):
 
 def test_label_value_outside_the_raw_set_is_an_error(tmp_path):
     root = fake_sources.write_whu(tmp_path / "src", ["A1"], ["B1"], (520, 520))
-    fake_sources.write_geotiff(root / "lbl" / "B1.tif", np.full((520, 520), 15, np.uint8))
+    fake_sources.write_geotiff(
+        root / "lbl" / "B1.tif",
+        np.full((520, 520), 15, np.uint8),
+        transform=fake_sources.fake_transform(x0=520000.0),  # the scene's own
+    )
     with pytest.raises(io.DataError, match=r"lbl/B1\.tif: label values \[15\]"):
         build.build("whu_opt_sar", tmp_path / "data", manual_dir=root)
 

@@ -1,0 +1,194 @@
+"""Writing outputs without losing data: the one place for atomic writes.
+
+- Every output is written under a temporary name beside its destination and renamed into
+  place only when complete, so an interrupted or failed write never leaves something
+  that looks complete. Temporaries are named ``.<name>.asanet-partial-<host>-<pid>-<hex>``.
+- A folder that replaces another (``--overwrite``) is swapped in: the old one moves to a
+  temporary name first and is removed only once the new one is in place.
+- A later write into the same folder removes the temporaries that a killed process of
+  this library left there (same host, process gone), and nothing else.
+- ``deferred_interrupt`` holds Ctrl-C back while a writer that cannot be cancelled
+  (orbax writes from background threads) finishes, so that the cleanup after it removes
+  everything the writer wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pathlib
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import threading
+
+TAG = "asanet-partial"
+
+
+def _host() -> str:
+    return socket.gethostname().replace("-", "_").replace(".", "_")
+
+
+def temporary_name(dest: pathlib.Path) -> pathlib.Path:
+    """A fresh hidden sibling of ``dest`` that names this host and process."""
+    return dest.with_name(f".{dest.name}.{TAG}-{_host()}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_temporaries(folder: pathlib.Path) -> list[pathlib.Path]:
+    """Remove this library's temporaries in `folder` whose process (on this host) is gone.
+
+    Returns the paths removed. Temporaries of live processes, of other hosts, and
+    anything not named by `temporary_name` are left alone.
+    """
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob(f".*.{TAG}-*"):
+        owner = path.name.rsplit(f".{TAG}-", 1)[1].split("-")
+        if len(owner) != 3 or owner[0] != _host() or not owner[1].isdigit():
+            continue
+        if _alive(int(owner[1])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _remove(path: pathlib.Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_output(dest, *, folder: bool = False):
+    """Yield a temporary path to write `dest`'s content to; rename it into place on success.
+
+    With ``folder`` the temporary is an empty directory and an existing folder at
+    `dest` is replaced (the caller decides whether that is allowed); otherwise `dest`
+    is a file and is replaced with ``os.replace``. On any exception, KeyboardInterrupt
+    included, the temporary is removed and the exception propagates; `dest` is untouched.
+    Stale temporaries of killed processes in `dest`'s folder are removed first.
+    """
+    dest = pathlib.Path(dest).absolute()
+    if not dest.parent.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT, "the folder to write into does not exist", str(dest.parent)
+        )
+    remove_stale_temporaries(dest.parent)
+    tmp = temporary_name(dest)
+    if folder:
+        tmp.mkdir()
+    try:
+        yield tmp
+        if folder and dest.exists():
+            old = temporary_name(dest)
+            dest.rename(old)
+            tmp.rename(dest)
+            _remove(old)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def check_free_space(folder, needed_bytes: int) -> None:
+    """OSError (ENOSPC) naming `folder` if its disk has less than `needed_bytes` free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on device: the output needs about {needed_bytes / 2**20:.1f} MB, "
+            f"{free / 2**20:.1f} MB are free",
+            str(folder),
+        )
+
+
+@contextlib.contextmanager
+def disk_errors_as_oserror(path):
+    """Re-raise a writer's 'no space' or 'read-only' failure as the OSError it is.
+
+    Orbax and TensorStore report them as ValueErrors (RESOURCE_EXHAUSTED ...) and log
+    each failed write; the logs are held back while the write runs, since the raised
+    error says it once.
+    """
+    import logging
+
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except (ValueError, RuntimeError) as e:
+        text = str(e)
+        for code, marker in (
+            (errno.ENOSPC, "No space left on device"),
+            (errno.EROFS, "Read-only file system"),
+            (errno.EACCES, "Permission denied"),
+        ):
+            if marker in text:
+                raise OSError(code, marker, str(path)) from None
+        raise
+    finally:
+        absl_logger.setLevel(level)
+
+
+def write_text(dest, text: str) -> pathlib.Path:
+    """Write `text` to `dest` atomically."""
+    with atomic_output(dest) as tmp:
+        tmp.write_text(text)
+    return pathlib.Path(dest)
+
+
+@contextlib.contextmanager
+def deferred_interrupt(notice: str = "interrupt received: finishing the current write first"):
+    """Hold SIGINT back until the block ends, then raise KeyboardInterrupt.
+
+    Only in the main thread (where Python delivers signals); elsewhere a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def hold(signum, frame):
+        if not received:
+            print(notice, file=sys.stderr, flush=True)
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths name the same existing file (resolved paths, or inode)."""
+    a, b = pathlib.Path(a), pathlib.Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
