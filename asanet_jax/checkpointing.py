@@ -6,23 +6,25 @@ A model directory holds:
 - ``model.json``: ``{"model": <config.model>, ...metadata}`` (for converted weights:
   the source file, its sha256, its format and the mapping version).
 
-Directories are written under a temporary name and renamed when complete, so a
-failed write never leaves something that looks like a checkpoint.
+Directories are written under a temporary name and renamed when complete (see
+``files``), so a failed or interrupted write never leaves something that looks like a
+checkpoint, and ``overwrite`` replaces only a model directory: a folder holding just
+``model.json`` and ``weights/``.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import shutil
-import tempfile
+import time
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from asanet_jax.convert.official import check_fit
+from asanet_jax import files
+from asanet_jax.convert.official import check_finite, check_fit
 from asanet_jax.convert.reader import CheckpointError
 from asanet_jax.models.asanet import WEIGHTS, ASANet, build_with_weights
 from asanet_jax.models.config import resolve, to_config
@@ -35,36 +37,69 @@ class ModelCheckpointError(ValueError):
     """A model directory that is missing, incomplete or does not fit its config."""
 
 
+def is_model_dir(path) -> bool:
+    """A folder holding just ``model.json`` and ``weights/``, as ``save_model`` writes."""
+    path = pathlib.Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return {p.name for p in path.iterdir()} == {CONFIG_FILE, WEIGHTS_DIR} and (
+        path / WEIGHTS_DIR
+    ).is_dir()
+
+
+def check_replaceable(directory: pathlib.Path, overwrite: bool) -> None:
+    """Refuse to write a model directory over anything but a model directory.
+
+    Raises:
+      FileExistsError: `directory` exists and is a file, or overwrite is off, or it is
+        not a model directory (naming what it holds).
+    """
+    if not (directory.exists() or directory.is_symlink()):
+        return
+    if not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file; a model directory cannot be written there")
+    if not overwrite:
+        raise FileExistsError(f"{directory} already exists; --overwrite replaces it")
+    if not is_model_dir(directory):
+        held = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise FileExistsError(
+            f"{directory} is not a model directory (it holds {shown or 'nothing'}); "
+            "--overwrite replaces only a folder holding just model.json and weights/"
+        )
+
+
 def save_model(
     directory, model: ASANet, *, metadata: dict | None = None, overwrite: bool = False
 ) -> pathlib.Path:
     """Write ``model`` (weights + config + metadata) to ``directory``.
 
+    The folder is written under a temporary name and swapped in when complete; Ctrl-C
+    during the weights' write waits for orbax's writer, then removes everything.
+
     Raises:
-      FileExistsError: ``directory`` exists and ``overwrite`` is False.
+      FileExistsError: see ``check_replaceable``.
     """
     directory = pathlib.Path(directory).absolute()
-    if directory.exists() and not overwrite:
-        raise FileExistsError(f"{directory} already exists; pass overwrite to replace it")
+    check_replaceable(directory, overwrite)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        pure = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
-        # Written by this process alone (in multi-host training, process 0 writes the model
-        # directory from gathered weights), so no cross-process barriers.
-        only_me = ocp.options.MultiprocessingOptions(
-            primary_host=jax.process_index(), active_processes={jax.process_index()}
-        )
-        with ocp.StandardCheckpointer(multiprocessing_options=only_me) as ckptr:
+    pure = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
+    # Written by this process alone (in multi-host training, process 0 writes the model
+    # directory from gathered weights), so no cross-process barriers.
+    only_me = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()}
+    )
+    # The weights plus orbax's metadata; refused up front rather than half-written.
+    files.check_free_space(directory.parent, sum(x.nbytes for x in jax.tree.leaves(pure)) + 2**20)
+    with files.atomic_output(directory, folder=True) as tmp:
+        with (
+            files.disk_errors_as_oserror(directory),
+            files.deferred_interrupt(),
+            ocp.StandardCheckpointer(multiprocessing_options=only_me) as ckptr,
+        ):
             ckptr.save(tmp / WEIGHTS_DIR, pure)
         doc = {"model": to_config(model.spec).to_dict(), **(metadata or {})}
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, default=list) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -88,13 +123,17 @@ def read_metadata(directory) -> dict:
 
 
 def load_model(
-    directory, model_config: ml_collections.ConfigDict | dict | None = None
+    directory,
+    model_config: ml_collections.ConfigDict | dict | None = None,
+    *,
+    allow_nonfinite: bool = False,
 ) -> tuple[ASANet, ml_collections.ConfigDict, dict]:
     """(model in eval mode, config.model, metadata) from a model directory.
 
     ``model_config`` overrides fields that do not change the weights' shapes (for
     example ``dtype``); a config whose shapes differ from the stored weights is an
-    error naming the mismatched variables.
+    error naming the mismatched variables. Weights holding NaN or Inf are an error
+    naming them, unless ``allow_nonfinite``.
     """
     directory = pathlib.Path(directory).absolute()
     meta = read_metadata(directory)
@@ -116,18 +155,26 @@ def load_model(
         with ocp.StandardCheckpointer() as ckptr:
             on_disk = ckptr.metadata(directory / WEIGHTS_DIR).item_metadata
             _check_shapes(directory, target, on_disk)
-            nnx.replace_by_pure_dict(weights, ckptr.restore(directory / WEIGHTS_DIR, target))
+            restored = ckptr.restore(directory / WEIGHTS_DIR, target)
+        if not allow_nonfinite:
+            try:
+                check_finite(_flat(restored))
+            except CheckpointError as e:
+                raise ModelCheckpointError(f"{directory}: {e}") from None
+        nnx.replace_by_pure_dict(weights, restored)
         return weights
 
     model = build_with_weights(spec, fill)
     return model, to_config(spec), meta
 
 
-def _shapes(tree) -> dict[str, tuple[int, ...]]:
+def _flat(tree) -> dict:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {
-        jax.tree_util.keystr(path, simple=True, separator="/"): tuple(v.shape) for path, v in leaves
-    }
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): v for path, v in leaves}
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in _flat(tree).items()}
 
 
 def _check_shapes(directory, target, on_disk) -> None:
@@ -170,14 +217,23 @@ class TrainCheckpoints:
     state, the optimiser state, the step and the data iterator's position."""
 
     def __init__(self, workdir, keep: int):
-        root = pathlib.Path(workdir).absolute() / "checkpoints"
+        self.root = root = pathlib.Path(workdir).absolute() / "checkpoints"
+        # cleanup_tmp_directories: a save cut short by a kill leaves a temporary that the
+        # next start removes.
         self.last = ocp.CheckpointManager(
-            root / "last", options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            root / "last",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, cleanup_tmp_directories=True
+            ),
         )
         self.best = ocp.CheckpointManager(
             root / "best",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m["mIoU"], best_mode="max", create=True
+                max_to_keep=1,
+                best_fn=lambda m: m["mIoU"],
+                best_mode="max",
+                create=True,
+                cleanup_tmp_directories=True,
             ),
         )
 
@@ -199,6 +255,10 @@ class TrainCheckpoints:
         # Orbax names its multi-host barriers after the step: two managers must not save
         # the same step at once.
         self.last.wait_until_finished()
+        if step in self.best.all_steps():
+            # A run resumed before a damaged save retrains that step: its new state replaces
+            # the old best of the same step.
+            self.best.delete(step)
         self.best.save(
             step, args=self._args(state, opt_state, data_state), metrics=summary, force=True
         )
@@ -225,6 +285,50 @@ class TrainCheckpoints:
             _from_saveable(restored.opt_state, opt_state),
             restored.data,
         )
+
+    def restore_latest(self, state, opt_state, log=print):
+        """(step, state, opt_state, data_state) of the newest save that restores completely,
+        or None when there is none.
+
+        Newer saves that fail to restore (a file missing or truncated) are moved to
+        ``checkpoints/damaged/<step>-<time>`` once an older one has restored, and reported
+        through `log`; they are never used.
+
+        Raises:
+          ModelCheckpointError: saves exist but none restores (with each reason); then
+            nothing is moved, since the cause may be the templates (another model config).
+        """
+        failed = []
+        for step in sorted(self.last.all_steps(), reverse=True):
+            try:
+                restored = self.restore(step, state, opt_state)
+            except Exception as e:  # orbax and tensorstore raise plain Exceptions
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                failed.append((step, reason))
+                continue
+            for bad, reason in failed:
+                moved = self._set_aside(bad)
+                log(f"checkpoint step {bad} does not restore ({reason}); moved it to {moved}")
+            return (step, *restored)
+        if failed:
+            raise ModelCheckpointError(
+                f"{self.root / 'last'}: no checkpoint restores: "
+                + "; ".join(f"step {step}: {reason}" for step, reason in failed)
+            )
+        return None
+
+    def _set_aside(self, step: int) -> pathlib.Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.root / "damaged" / f"{step}-{stamp}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.root / "last" / str(step)).rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self.last.reload()
+        return target
 
     def wait(self) -> None:
         self.last.wait_until_finished()

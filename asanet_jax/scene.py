@@ -14,14 +14,14 @@ renamed when complete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
 import pathlib
 
 import jax
 import numpy as np
 
-from asanet_jax import inference, visualize
+from asanet_jax import files, inference, visualize
 from asanet_jax.data import io, specs, transforms
 
 NODATA = 255
@@ -92,6 +92,25 @@ def open_scene(optical_path, sar_path, spec: specs.DatasetSpec) -> SceneInputs:
     return SceneInputs(op, sp, oh, ow, ocrs, otr, ocount, scount, onod, snod)
 
 
+def check_outputs(outputs, inputs, overwrite: bool) -> None:
+    """Refuse output paths that are inputs, repeat, exist (unless `overwrite`), are
+    folders, or lie in a folder that does not exist; before any work starts."""
+    seen = []
+    for out in map(pathlib.Path, outputs):
+        for given in inputs:
+            if files.same_file(out, given):
+                raise io.DataError(f"{out}: this is the input {given}; choose another output")
+        if any(files.same_file(out, other) or out.absolute() == other for other in seen):
+            raise io.DataError(f"{out}: given for two outputs")
+        seen.append(out.absolute())
+        if out.is_dir():
+            raise io.DataError(f"{out} is a folder; expected the path of a file to write")
+        if out.exists() and not overwrite:
+            raise io.DataError(f"{out} already exists; --overwrite replaces it")
+        if not out.absolute().parent.is_dir():
+            raise io.DataError(f"{out}: the folder {out.absolute().parent} does not exist")
+
+
 def _read(path, window, nodata) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, bands) float32 and a (H, W) mask of pixels without data."""
     import rasterio
@@ -128,6 +147,12 @@ def predict_scene(
     from tqdm import tqdm
 
     scene = open_scene(optical_path, sar_path, spec)
+    min_side = 2 ** (len(predictor.spec.depths) + 1)
+    if min(scene.height, scene.width) < min_side:
+        raise io.DataError(
+            f"{scene.optical} is {scene.height}x{scene.width} pixels; the model downsamples "
+            f"by {min_side}, so a scene must be at least {min_side}x{min_side}"
+        )
     stride = stride or max(window * 2 // 3, 1)
     # Along a side shorter than the window, the window is the whole side; a scene within
     # one window is therefore whole-image inference.
@@ -150,12 +175,13 @@ def predict_scene(
         blockysize=256,
         compress="deflate",
     )
-    tmp_out = output_path.with_name(f".{output_path.name}.partial")
-    tmp_conf = None
-    if confidence_path is not None:
-        confidence_path = pathlib.Path(confidence_path)
-        tmp_conf = confidence_path.with_name(f".{confidence_path.name}.partial")
-    try:
+    with contextlib.ExitStack() as outputs:
+        tmp_out = outputs.enter_context(files.atomic_output(output_path))
+        tmp_conf = (
+            outputs.enter_context(files.atomic_output(confidence_path))
+            if confidence_path is not None
+            else None
+        )
         with rasterio.open(tmp_out, "w", **profile) as dst:
             dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(spec.palette)})
             conf_dst = (
@@ -197,14 +223,6 @@ def predict_scene(
             bar.close()
             if conf_dst is not None:
                 conf_dst.close()
-        os.replace(tmp_out, output_path)
-        if tmp_conf is not None:
-            os.replace(tmp_conf, confidence_path)
-    except BaseException:
-        for p in (tmp_out, tmp_conf):
-            if p is not None and p.exists():
-                p.unlink()
-        raise
     if preview_path is not None:
         write_preview(output_path, preview_path, spec)
     return output_path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from asanet_jax import files
 from asanet_jax.data import specs
 
 
@@ -47,9 +48,11 @@ def prediction_panel(examples: list[dict], predictions: list[np.ndarray], spec) 
 
 
 def save_png(image: np.ndarray, path) -> None:
+    """Write an (H, W, 3) or (H, W) uint8 image as PNG, atomically."""
     from PIL import Image
 
-    Image.fromarray(image).save(path)
+    with files.atomic_output(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
 
 
 def confusion_image(confusion: np.ndarray, class_names, cell: int = 56) -> np.ndarray:

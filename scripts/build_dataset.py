@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from asanet_jax.data import build, io
+from asanet_jax import cli
+from asanet_jax.data import build
 
 
 def main(argv=None) -> int:
@@ -19,12 +20,29 @@ def main(argv=None) -> int:
     parser.add_argument("--data_dir", required=True, help="where TFDS datasets are written")
     parser.add_argument("--manual_dir", help="the extracted source dataset")
     parser.add_argument("--config", help="builder config (synthetic_rgb_sar: default, tiny)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a build of this dataset in --data_dir (needed when its sources changed)",
+    )
+    parser.add_argument(
+        "--accept_misaligned",
+        action="store_true",
+        help="build although optical, SAR and label differ in CRS or geotransform",
+    )
     args = parser.parse_args(argv)
-    try:
-        builder = build.build(args.name, args.data_dir, args.manual_dir, config=args.config)
-    except (io.DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return cli.run(lambda: build_and_report(args))
+
+
+def build_and_report(args) -> int:
+    builder = build.build(
+        args.name,
+        args.data_dir,
+        args.manual_dir,
+        config=args.config,
+        overwrite=args.overwrite,
+        check_georeference=not args.accept_misaligned,
+    )
     for split, info in builder.info.splits.items():
         print(f"{split}: {info.num_examples} examples")
     print(f"built {builder.info.full_name} in {builder.data_dir}")

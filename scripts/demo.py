@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from asanet_jax import checkpointing, inference, metrics, visualize
+from asanet_jax import checkpointing, cli, inference, metrics, visualize
 from asanet_jax.data import transforms
 from asanet_jax.train import recipe, trainer
 
@@ -39,6 +39,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    return cli.run(lambda: demo(args))
+
+
+def demo(args) -> int:
     logging.set_verbosity(logging.WARNING)
     workdir = pathlib.Path(args.workdir)
     config = recipe.demo_config()

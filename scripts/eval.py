@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from asanet_jax import evaluation, inference, metrics, visualize
-from asanet_jax.convert.reader import CheckpointError
-from asanet_jax.data import io
+from asanet_jax import cli, evaluation, inference, metrics, visualize
 from asanet_jax.train import trainer
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:variant]).")
@@ -43,24 +40,14 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
     config = f.config
-    try:
-        model, _ = evaluation.load_checkpoint(f.checkpoint)
-        predictor = inference.Predictor(model)
-        split = f.split or trainer.open_data(config, "train").spec.eval_split
-        source = trainer.open_data(config, split)
-        window = (f.window, f.window) if f.window else None
-        stride = (f.stride, f.stride) if f.stride else None
-        settings = evaluation.Settings(f.mode, window, stride, f.tta)
-        result, confusion, samples = evaluation.evaluate(predictor, source, settings)
-    except (
-        evaluation.EvaluationError,
-        inference.InferenceError,
-        io.DataError,
-        CheckpointError,
-        FileNotFoundError,
-    ) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    model, _ = evaluation.load_checkpoint(f.checkpoint)
+    predictor = inference.Predictor(model)
+    split = f.split or trainer.open_data(config, "train").spec.eval_split
+    source = trainer.open_data(config, split)
+    window = (f.window, f.window) if f.window else None
+    stride = (f.stride, f.stride) if f.stride else None
+    settings = evaluation.Settings(f.mode, window, stride, f.tta)
+    result, confusion, samples = evaluation.evaluate(predictor, source, settings)
     out = pathlib.Path(f.out)
     out.mkdir(parents=True, exist_ok=True)
     result["settings"] = {
@@ -94,4 +81,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run_absl(main)

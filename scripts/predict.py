@@ -14,12 +14,10 @@ CRS and geotransform and the class palette as colour table.
 from __future__ import annotations
 
 import pathlib
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from asanet_jax import evaluation, inference, scene
-from asanet_jax.convert.reader import CheckpointError
+from asanet_jax import cli, evaluation, inference, scene
 from asanet_jax.data import io, pipeline, specs
 
 flags.DEFINE_string("checkpoint", None, "Model directory or official .pth/.safetensors.")
@@ -32,6 +30,7 @@ flags.DEFINE_integer("window", 512, "Window size in pixels.")
 flags.DEFINE_integer("stride", None, "Window stride (default: 2/3 of the window).")
 flags.DEFINE_string("confidence", None, "Optional confidence GeoTIFF (top probability x 255).")
 flags.DEFINE_string("preview", None, "PNG preview (default: <output>.png).")
+flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
 flags.mark_flags_as_required(["checkpoint", "optical", "sar", "output"])
 
 
@@ -48,32 +47,30 @@ def main(argv) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
-    try:
-        spec = dataset_spec(f.dataset, f.data_dir)
-        model, _ = evaluation.load_checkpoint(f.checkpoint)
-        if model.spec.num_classes != spec.num_classes:
-            raise evaluation.EvaluationError(
-                f"the checkpoint predicts {model.spec.num_classes} classes but {spec.name} "
-                f"has {spec.num_classes}"
-            )
-        preview = f.preview or str(pathlib.Path(f.output).with_suffix(".png"))
-        out = scene.predict_scene(
-            inference.Predictor(model),
-            f.optical,
-            f.sar,
-            f.output,
-            spec,
-            f.window,
-            f.stride,
-            f.confidence,
-            preview,
+    preview = f.preview or str(pathlib.Path(f.output).with_suffix(".png"))
+    outputs = [f.output, preview] + ([f.confidence] if f.confidence else [])
+    scene.check_outputs(outputs, inputs=[f.optical, f.sar], overwrite=f.overwrite)
+    spec = dataset_spec(f.dataset, f.data_dir)
+    model, _ = evaluation.load_checkpoint(f.checkpoint)
+    if model.spec.num_classes != spec.num_classes:
+        raise evaluation.EvaluationError(
+            f"the checkpoint predicts {model.spec.num_classes} classes but {spec.name} "
+            f"has {spec.num_classes}"
         )
-    except (io.DataError, evaluation.EvaluationError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    out = scene.predict_scene(
+        inference.Predictor(model),
+        f.optical,
+        f.sar,
+        f.output,
+        spec,
+        f.window,
+        f.stride,
+        f.confidence,
+        preview,
+    )
     print(f"wrote {out} and {preview}" + (f" and {f.confidence}" if f.confidence else ""))
     return 0
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run_absl(main)

@@ -1,5 +1,6 @@
 """The conversion scripts as a user runs them, and the model directories they write."""
 
+import collections
 import hashlib
 import json
 import pathlib
@@ -15,6 +16,10 @@ from asanet_jax.checkpointing import ModelCheckpointError, load_model
 from asanet_jax.convert.mapping import MAPPING_VERSION
 
 ROOT = pathlib.Path(__file__).parents[1]
+# The fixture's own key list (name, shape, dtype per line), written by the official code.
+KEY_DTYPES = collections.Counter(
+    line.split("\t")[2] for line in (GOLDEN / "keys.txt").read_text().splitlines()
+)
 
 
 def run_script(name, *args, ok=True):
@@ -40,7 +45,12 @@ def converted(tmp_path_factory):
 def test_convert_writes_orbax_weights_and_provenance(converted):
     meta = json.loads((converted / "model.json").read_text())
     digest = hashlib.sha256((GOLDEN / "checkpoint.pth").read_bytes()).hexdigest()
-    assert meta["source"] == {"path": "checkpoint.pth", "sha256": digest, "kind": "official"}
+    assert meta["source"] == {
+        "path": "checkpoint.pth",
+        "sha256": digest,
+        "kind": "official",
+        "dtypes": dict(KEY_DTYPES),
+    }
     assert meta["mapping_version"] == MAPPING_VERSION
     assert meta["model"]["depths"] == [1, 1, 2, 1]
     assert (converted / "weights").is_dir()

@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -212,26 +213,44 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(uninterrupted, tmp
         np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
 
 
-def test_run_killed_with_sigkill_resumes_exactly(uninterrupted, tmp_path):
-    root, _ = uninterrupted
+def start_training(data_dir, workdir, steps=40) -> subprocess.Popen:
+    """A training run in a subprocess, through the scripts' error handling (cli.run)."""
     script = (
         "import sys; sys.path.insert(0, {!r}); sys.path.insert(0, {!r})\n"
-        "from test_training import micro_config\nfrom asanet_jax.train import trainer\n"
-        "c = micro_config({!r}, steps=40)\n"
-        "trainer.train(c, {!r})\n"
-    ).format(str(REPO), str(REPO / "tests"), str(root / "data"), str(tmp_path / "run"))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        "from test_training import micro_config\n"
+        "from asanet_jax import cli\nfrom asanet_jax.train import trainer\n"
+        "c = micro_config({!r}, steps={})\n"
+        "sys.exit(cli.run(lambda: trainer.train(c, {!r}) and 0))\n"
+    ).format(str(REPO), str(REPO / "tests"), str(data_dir), steps, str(workdir))
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    committed = tmp_path / "run" / "checkpoints" / "last" / "2"
+
+
+def wait_for_checkpoint(proc, workdir, step: int) -> None:
+    committed = pathlib.Path(workdir) / "checkpoints" / "last" / str(step)
     deadline = time.time() + 300
     while not (committed / "_CHECKPOINT_METADATA").exists() and time.time() < deadline:
         time.sleep(0.2)
-        assert proc.poll() is None, "training exited before its first checkpoint"
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+
+
+def test_run_killed_with_sigkill_resumes_exactly(uninterrupted, tmp_path):
+    root, _ = uninterrupted
+    proc = start_training(root / "data", tmp_path / "run")
+    wait_for_checkpoint(proc, tmp_path / "run", 2)
+    # A second run on the same work directory is refused, naming the first.
+    with pytest.raises(
+        trainer.TrainingError, match=rf"in use by another training run .*pid {proc.pid}"
+    ):
+        trainer.train(micro_config(root / "data", steps=40), tmp_path / "run")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    # Resume the killed run two steps past its last checkpoint; run a reference straight
-    # to the same step; both save there.
+    # The OS released the lock with its holder. Resume the killed run two steps past its
+    # last checkpoint; run a reference straight to the same step; both save there.
     start = trainer.checkpointing.TrainCheckpoints(tmp_path / "run", 3).latest_step()
     assert start is not None and start >= 2
     trainer.train(micro_config(root / "data", steps=40), tmp_path / "run", stop_after=2)
@@ -240,6 +259,18 @@ def test_run_killed_with_sigkill_resumes_exactly(uninterrupted, tmp_path):
     b = _checkpoint_params(tmp_path / "ref", start + 2)
     for k in b:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_ctrl_c_stops_a_run_in_one_line_and_it_resumes(uninterrupted, tmp_path):
+    root, _ = uninterrupted
+    proc = start_training(root / "data", tmp_path / "run")
+    wait_for_checkpoint(proc, tmp_path / "run", 2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "interrupted" and "Traceback" not in stderr
+    assert (tmp_path / "run" / "run.lock").read_text() == ""  # released, holder cleared
+    trainer.train(micro_config(root / "data", steps=40), tmp_path / "run", stop_after=2)
 
 
 def _checkpoint_params(workdir, step):
@@ -353,3 +384,59 @@ def test_run_stopped_after_its_last_checkpoint_finishes_without_training(uninter
     again = trainer.train(micro_config(root / "data"), tmp_path / "run")
     assert json.loads(metrics.to_json(again)) == json.loads(metrics.to_json(result))
     assert (tmp_path / "run" / "model").is_dir() and (tmp_path / "run" / "run.json").is_file()
+
+
+def _damage(step_dir: pathlib.Path, how: str) -> pathlib.Path:
+    """Delete or truncate the largest data file of a saved step."""
+    data = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    if how == "delete":
+        data.unlink()
+    else:
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    return data
+
+
+@pytest.mark.parametrize("how", ["delete", "truncate"])
+def test_resume_sets_a_damaged_latest_checkpoint_aside_and_takes_the_one_before(tmp_path, how):
+    from asanet_jax import checkpointing
+
+    state = {"w": jnp.arange(50_000, dtype=jnp.float32)}
+    opt_state = {"m": jnp.ones(50_000, jnp.float32)}
+    saves = checkpointing.TrainCheckpoints(tmp_path, 3)
+    for step in (2, 4):
+        saves.save(step, {"w": state["w"] + step}, opt_state, {"position": step})
+    saves.wait()
+    saves.close()
+    _damage(tmp_path / "checkpoints" / "last" / "4", how)
+    saves = checkpointing.TrainCheckpoints(tmp_path, 3)
+    logged = []
+    step, restored, _, data = saves.restore_latest(state, opt_state, log=logged.append)
+    assert step == 2 and data == {"position": 2}
+    np.testing.assert_array_equal(restored["w"], state["w"] + 2)
+    assert len(logged) == 1 and logged[0].startswith("checkpoint step 4 does not restore (")
+    assert not (tmp_path / "checkpoints" / "last" / "4").exists()
+    assert [p.name[:2] for p in (tmp_path / "checkpoints" / "damaged").iterdir()] == ["4-"]
+    # With every save damaged nothing is resumed silently, nor moved: the error names each.
+    _damage(tmp_path / "checkpoints" / "last" / "2", how)
+    saves = checkpointing.TrainCheckpoints(tmp_path, 3)
+    with pytest.raises(checkpointing.ModelCheckpointError, match="no checkpoint restores: step 2"):
+        saves.restore_latest(state, opt_state, log=logged.append)
+    assert (tmp_path / "checkpoints" / "last" / "2").is_dir()
+
+
+def test_a_run_whose_latest_checkpoint_is_damaged_finishes_like_an_uninterrupted_one(
+    uninterrupted, tmp_path
+):
+    import shutil
+
+    root, result = uninterrupted
+    shutil.copytree(root / "run", tmp_path / "run")
+    for name in ("run.json", "metrics.json"):
+        (tmp_path / "run" / name).unlink()
+    shutil.rmtree(tmp_path / "run" / "model")
+    _damage(tmp_path / "run" / "checkpoints" / "last" / "4", "truncate")
+    again = trainer.train(micro_config(root / "data"), tmp_path / "run")  # from step 2
+    assert json.loads(metrics.to_json(again)) == json.loads(metrics.to_json(result))
+    expected, got = final_state(root / "run"), final_state(tmp_path / "run")
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k], err_msg=k)

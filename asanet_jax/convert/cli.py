@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import hashlib
-import os
 import pathlib
-import sys
-import tempfile
 
 import numpy as np
 
-from asanet_jax import __version__
-from asanet_jax.checkpointing import ModelCheckpointError, load_model, save_model
+from asanet_jax import __version__, cli, files
+from asanet_jax.checkpointing import check_replaceable, load_model, save_model
 from asanet_jax.convert.imagenet import imagenet_arch, init_from_imagenet
 from asanet_jax.convert.mapping import MAPPING_VERSION
-from asanet_jax.convert.official import export_state_dict, load_torch_checkpoint
+from asanet_jax.convert.official import export_state_dict, load_state_dict
 from asanet_jax.convert.reader import CheckpointError, read_state_dict
 from asanet_jax.models.asanet import ASANet
 from asanet_jax.models.config import default_model_config, resolve
@@ -46,37 +44,49 @@ def parse_overrides(items: list[str]) -> dict:
 
 def convert(args) -> pathlib.Path:
     src = pathlib.Path(args.torch_checkpoint)
+    out = pathlib.Path(args.output).absolute()
+    check_replaceable(out, args.overwrite)  # before the (possibly long) read
     overrides = parse_overrides(args.set)
-    if args.kind == "official":
-        model, _ = load_torch_checkpoint(src, overrides or None)
-        report = None
-    else:
-        from flax import nnx
+    state = read_state_dict(src)  # read once: the checkpoint may be large
+    try:
+        if args.kind == "official":
+            model, _ = load_state_dict(
+                state, overrides or None, allow_nonfinite=args.allow_nonfinite
+            )
+            report = None
+        else:
+            from flax import nnx
 
-        state = read_state_dict(src)  # read once: the checkpoint may be large
-        try:
             depths, channels = imagenet_arch(state)
             cfg = default_model_config().to_dict()
             cfg.update(depths=depths, channels=channels, **overrides)
             spec = resolve(cfg)
             model = ASANet(spec, rngs=nnx.Rngs(params=args.seed, dropout=args.seed + 1))
-            report = init_from_imagenet(model, state)
-        except (CheckpointError, ValueError) as e:
-            raise CheckpointError(f"{src}: {e}") from None
-        model.eval()
+            report = init_from_imagenet(model, state, allow_nonfinite=args.allow_nonfinite)
+            model.eval()
+    except (CheckpointError, ValueError) as e:
+        raise CheckpointError(f"{src}: {e}") from None
+    dtypes = collections.Counter(str(v.dtype) for v in state.values())
     metadata = {
         "source": {
             "path": src.name,
             "sha256": sha256(src),
             "kind": args.kind,
+            # Tensors per source dtype; parameters are stored as float32, statistics
+            # counters as int32.
+            "dtypes": dict(sorted(dtypes.items())),
         },
         "mapping_version": MAPPING_VERSION,
         "asanet_jax_version": __version__,
     }
     if report is not None:
         metadata["imagenet_init"] = report | {"seed": args.seed}
-    out = save_model(args.output, model, metadata=metadata, overwrite=args.overwrite)
+    out = save_model(out, model, metadata=metadata, overwrite=args.overwrite)
     print(f"wrote {out}")
+    narrowed = {d: n for d, n in dtypes.items() if d in ("float64", "float16", "bfloat16")}
+    if narrowed:
+        listed = ", ".join(f"{n} {d}" for d, n in narrowed.items())
+        print(f"  stored {listed} source tensors as float32 (model.json records the source dtypes)")
     spec = model.spec
     print(
         f"  model: {spec.modalities}, depths {spec.depths}, channels {spec.channels}, "
@@ -115,14 +125,18 @@ def convert_main(argv=None) -> int:
         "or, for --kind imagenet, --set num_classes=7",
     )
     p.add_argument("--seed", type=int, default=0, help="init seed of non-backbone parts")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output that is a model directory (nothing else)",
+    )
+    p.add_argument(
+        "--allow_nonfinite",
+        action="store_true",
+        help="convert weights holding NaN or Inf instead of refusing them",
+    )
     args = p.parse_args(argv)
-    try:
-        convert(args)
-    except (CheckpointError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return cli.run(lambda: 0 if convert(args) else 1)
 
 
 def export_main(argv=None) -> int:
@@ -134,16 +148,18 @@ def export_main(argv=None) -> int:
     p.add_argument("--output", required=True, help=".pth (torch) or .safetensors file")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
+    return cli.run(lambda: export(args))
+
+
+def export(args) -> int:
     out = pathlib.Path(args.output)
-    try:
-        if out.exists() and not args.overwrite:
-            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-        model, _, meta = load_model(args.checkpoint)
-        state = export_state_dict(model)
-        write_state_dict(state, out, meta={"asanet_jax_version": __version__, **meta})
-    except (ModelCheckpointError, FileExistsError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if out.is_dir():
+        raise FileExistsError(f"{out} is a folder; expected the path of a .pth or .safetensors")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; --overwrite replaces it")
+    model, _, meta = load_model(args.checkpoint)
+    state = export_state_dict(model)
+    write_state_dict(state, out, meta={"asanet_jax_version": __version__, **meta})
     print(f"wrote {out} ({len(state)} tensors)")
     return 0
 
@@ -151,14 +167,12 @@ def export_main(argv=None) -> int:
 def write_state_dict(state: dict[str, np.ndarray], path, meta: dict) -> None:
     """Atomically write ``{'meta': ..., 'state_dict': ...}`` (.pth) or a .safetensors file."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    path.absolute().parent.mkdir(parents=True, exist_ok=True)
+    with files.atomic_output(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.numpy import save_file
 
-            save_file({k: np.array(v, order="C", copy=True) for k, v in state.items()}, tmp)
+            save_file({k: np.array(v, order="C", copy=True) for k, v in state.items()}, str(tmp))
         else:
             import torch
 
@@ -167,7 +181,3 @@ def write_state_dict(state: dict[str, np.ndarray], path, meta: dict) -> None:
                 k: torch.from_numpy(np.array(v, order="C", copy=True)) for k, v in state.items()
             }
             torch.save({"meta": meta, "state_dict": tensors}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise

@@ -22,7 +22,13 @@ import numpy as np
 
 from asanet_jax.convert.layout import convnext_layout
 from asanet_jax.convert.mapping import stream_rules
-from asanet_jax.convert.official import mismatch_report, set_weights, stream_arch, to_flax_values
+from asanet_jax.convert.official import (
+    check_finite,
+    mismatch_report,
+    set_weights,
+    stream_arch,
+    to_flax_values,
+)
 from asanet_jax.convert.reader import CheckpointError, read_state_dict
 
 _FAIR_RENAMES = [
@@ -114,9 +120,13 @@ def load_imagenet_backbone(model, path) -> dict:
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def init_from_imagenet(model, state: dict[str, np.ndarray]) -> dict:
+def init_from_imagenet(
+    model, state: dict[str, np.ndarray], *, allow_nonfinite: bool = False
+) -> dict:
     """``load_imagenet_backbone`` for a state_dict already in memory."""
     backbone, skipped, fmt = to_mmpretrain_names(state)
+    if not allow_nonfinite:
+        check_finite(backbone)
     prefixed = {f"x.{k}": v for k, v in backbone.items()}
     spec = model.spec
     n = len(spec.depths)

@@ -218,6 +218,25 @@ def check_fit(model: dict[str, tuple], given: dict[str, tuple], *, all_required:
         raise CheckpointError(mismatch_report(unknown, missing, bad))
 
 
+def check_finite(values: dict) -> None:
+    """Raise, naming them, if floating tensors of ``values`` hold NaN or Inf.
+
+    Such weights load without complaint and then predict one class everywhere.
+    """
+    bad = []
+    for name, value in values.items():
+        a = np.asarray(value)
+        if jnp.issubdtype(a.dtype, jnp.floating) and not np.isfinite(a).all():
+            nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+            bad.append(f"{name} ({nan} NaN and {inf} Inf of {a.size} values)")
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise CheckpointError(
+            f"{len(bad)} tensor(s) hold non-finite values: {'; '.join(bad[:5])}{more} "
+            "(allow_nonfinite / --allow_nonfinite loads them anyway)"
+        )
+
+
 def set_weights(model: nnx.Module, values: dict[str, np.ndarray]) -> None:
     """Overwrite the named variables in place; every name and shape must exist in the model."""
     current = flat_weights(model)
@@ -242,7 +261,10 @@ def model_from_values(spec: ModelSpec, values: dict[str, np.ndarray]) -> ASANet:
 
 
 def load_state_dict(
-    state: dict[str, np.ndarray], model_config: ml_collections.ConfigDict | dict | None = None
+    state: dict[str, np.ndarray],
+    model_config: ml_collections.ConfigDict | dict | None = None,
+    *,
+    allow_nonfinite: bool = False,
 ) -> tuple[ASANet, ml_collections.ConfigDict]:
     """``load_torch_checkpoint`` for a state_dict already in memory."""
     overrides = (
@@ -253,19 +275,24 @@ def load_state_dict(
     config = infer_model_config(state, overrides)
     spec = resolve(config)
     check_against_layout(state, spec)
+    if not allow_nonfinite:
+        check_finite(state)
     model = model_from_values(spec, to_flax_values(state, segmentor_rules(spec.streams)))
     return model, config
 
 
 def load_torch_checkpoint(
-    path, model_config: ml_collections.ConfigDict | dict | None = None
+    path,
+    model_config: ml_collections.ConfigDict | dict | None = None,
+    *,
+    allow_nonfinite: bool = False,
 ) -> tuple[ASANet, ml_collections.ConfigDict]:
     """Model and ``config.model`` from an official mmseg checkpoint (.pth or .safetensors).
 
     The architecture is inferred from the keys and shapes; ``model_config`` may add
     what the weights do not record (see ``infer_model_config``). Loading is strict:
-    every tensor consumed, every model variable filled, every shape equal. The model
-    is returned in eval mode.
+    every tensor consumed, every model variable filled, every shape equal, every value
+    finite (unless ``allow_nonfinite``). The model is returned in eval mode.
 
     Raises:
       CheckpointError: with a one-line reason, or the lists of unconsumed, missing
@@ -273,7 +300,7 @@ def load_torch_checkpoint(
     """
     state = read_state_dict(path)  # its errors already name the file
     try:
-        return load_state_dict(state, model_config)
+        return load_state_dict(state, model_config, allow_nonfinite=allow_nonfinite)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
 

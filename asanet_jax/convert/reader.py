@@ -19,8 +19,10 @@ def _tensor_to_numpy(key: str, value, path) -> np.ndarray:
             f"{path}: state_dict entry {key!r} is a {type(value).__name__}, expected a tensor"
         )
     value = value.detach().cpu()
-    if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
-        value = value.float()
+    if value.dtype == torch.bfloat16:  # numpy's own dtypes lack it; ml_dtypes (JAX's) has it
+        import ml_dtypes
+
+        return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return value.numpy()
 
 
@@ -47,6 +49,10 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
       CheckpointError: the file is missing, unreadable, or holds no state_dict.
     """
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path}: is a folder; expected a checkpoint file (.pth, .pt, .bin or .safetensors)"
+        )
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":

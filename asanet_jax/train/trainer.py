@@ -1,14 +1,6 @@
 """The training loop: sharded state, jitted step, evaluation, checkpoints, resume, logging.
 
-Work directory layout::
-
-    config.json          the resolved config
-    checkpoints/last/    the last `keep_checkpoints` saves (orbax, async)
-    checkpoints/best/    the best save by validation mIoU
-    model/               the final model as a model directory (checkpointing.save_model)
-    metrics.json         the final evaluation (mIoU, OA, Kappa, mF1 in percent, per class)
-    tensorboard/         scalars: loss, learning rate, throughput, eval metrics
-    run.json             {"finished": true, ...} once the run completed
+The work directory's layout and lock are described in `workdir.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import shutil
 import time
 
 import jax
@@ -26,16 +17,18 @@ import numpy as np
 import optax
 from flax import nnx
 
-from asanet_jax import checkpointing, inference, metrics
+from asanet_jax import checkpointing, files, inference, metrics
 from asanet_jax.data import build, io, pipeline, transforms
 from asanet_jax.losses import segmentation_loss
 from asanet_jax.models.asanet import WEIGHTS, ASANet
 from asanet_jax.models.config import resolve
 from asanet_jax.train import optimizer, sharding
+from asanet_jax.train import workdir as workdirs
 
 
-class TrainingError(RuntimeError):
-    """The run cannot start or went wrong (diverged, refused to overwrite, bad config)."""
+class TrainingError(ValueError):
+    """The run cannot start or went wrong (diverged, refused to overwrite, work directory
+    in use): a user-facing error, reported in one line by the scripts."""
 
 
 @dataclasses.dataclass
@@ -209,35 +202,91 @@ def _pad_eval_batch(batch, size, source, spec):
     return out
 
 
+def check_settings(config: ml_collections.ConfigDict, mesh) -> None:
+    """Refuse settings that cannot run, before anything is written.
+
+    Raises:
+      ValueError: naming the config field, its value and what was expected.
+    """
+    t = config.train
+    for field in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
+        if int(t[field]) < 1:
+            raise ValueError(f"config.train.{field}={t[field]!r}: expected a positive integer")
+    if int(t.keep_checkpoints) < 1:
+        raise ValueError(f"config.train.keep_checkpoints={t.keep_checkpoints!r}: expected >= 1")
+    devices = mesh.devices.size
+    for field, value in (
+        ("train.batch_size", t.batch_size),
+        ("data.eval_batch_size", config.data.eval_batch_size),
+    ):
+        if int(value) < 1 or int(value) % devices:
+            raise ValueError(
+                f"config.{field}={value!r}: expected a positive multiple of the {devices} "
+                "devices of the mesh (the batch is split over all of them)"
+            )
+
+
 def prepare_workdir(workdir: pathlib.Path, config, overwrite: bool) -> None:
-    run_file = workdir / "run.json"
-    if run_file.is_file() and json.loads(run_file.read_text()).get("finished"):
+    """Refuse a finished run unless `overwrite` (which removes only what a run wrote),
+    then write config.json. Called with the work directory locked."""
+    if workdirs.is_finished(workdir):
         if not overwrite:
             raise TrainingError(
                 f"{workdir} holds a finished run; choose another --workdir or pass "
                 "--config.train.overwrite=True to replace it"
             )
         if jax.process_index() == 0:
-            shutil.rmtree(workdir)
+            removed = workdirs.clear_finished_run(workdir)
+            print(f"--config.train.overwrite: removed {', '.join(removed)} from {workdir}")
     _sync("workdir checked")
     if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        files.write_text(workdir / workdirs.CONFIG, config.to_json_best_effort(indent=2) + "\n")
 
 
 def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = None) -> dict:
     """Train per `config` in `workdir`, resuming from its last checkpoint if there is one.
 
     Returns the final evaluation metrics. `stop_after` ends the process's work after that
-    many steps (as if interrupted), leaving a resumable run.
+    many steps (as if interrupted), leaving a resumable run. The work directory is locked
+    for the run (on process 0 in a multi-host run); see `workdir.py`.
     """
-    from tqdm import tqdm
-
     workdir = pathlib.Path(workdir)
     sharding.maybe_initialize_distributed(config.distributed)
-    prepare_workdir(workdir, config, config.train.overwrite)
+    spec = resolve(config.model)  # every check before anything is written
     mesh = sharding.make_mesh(config.mesh)
-    spec = resolve(config.model)
+    check_settings(config, mesh)
+    lock = workdirs.Lock(workdir)
+    failure = None
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except (workdirs.WorkdirBusy, OSError) as e:
+            failure = e
+    if _agree_failed(failure is not None):
+        if isinstance(failure, OSError):
+            raise failure
+        if failure is not None:
+            raise TrainingError(str(failure)) from None
+        raise TrainingError(f"process 0 could not lock the work directory {workdir}")
+    try:
+        return _train(config, workdir, spec, mesh, stop_after)
+    finally:
+        lock.release()
+
+
+def _agree_failed(failed: bool) -> bool:
+    """Whether process 0 failed (every process learns it; no process waits forever)."""
+    if jax.process_count() == 1:
+        return failed
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
+
+
+def _train(config, workdir: pathlib.Path, spec, mesh, stop_after: int | None) -> dict:
+    from tqdm import tqdm
+
+    prepare_workdir(workdir, config, config.train.overwrite)
 
     train_source = open_data(config, "train")
     data_spec = train_source.spec
@@ -263,11 +312,10 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
     train_state, tx, schedule = create_state(config, mesh, tx_factory)
     ckpt = checkpointing.TrainCheckpoints(workdir, config.train.keep_checkpoints)
     data_iter = iter(dataset)
-    start = ckpt.latest_step() or 0
-    if start:
-        train_state.state, train_state.opt_state, data_state = ckpt.restore(
-            start, train_state.state, train_state.opt_state
-        )
+    start = 0
+    restored = ckpt.restore_latest(train_state.state, train_state.opt_state, log=print)
+    if restored is not None:
+        start, train_state.state, train_state.opt_state, data_state = restored
         data_iter.set_state(data_state)
         print(f"resumed from step {start} in {workdir}")
 
@@ -371,10 +419,11 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
         checkpointing.save_model(
             workdir / "model", model, metadata={"trained_steps": steps}, overwrite=True
         )
-        (workdir / "metrics.json").write_text(metrics.to_json(last_metrics))
+        files.write_text(workdir / workdirs.METRICS, metrics.to_json(last_metrics))
         speed = round(timed_images / timed_seconds, 2) if timed_seconds else None
-        (workdir / "run.json").write_text(
-            json.dumps({"finished": True, "steps": steps, "images_per_s": speed}) + "\n"
+        files.write_text(
+            workdir / workdirs.RUN,
+            json.dumps({"finished": True, "steps": steps, "images_per_s": speed}) + "\n",
         )
     _sync("run finished")
     return last_metrics

@@ -1,0 +1,122 @@
+"""A training run's work directory: what it holds, its lock, and what --overwrite removes.
+
+Layout::
+
+    run.lock             held while a run uses the folder (host, pid and start time inside)
+    config.json          the resolved config
+    checkpoints/last/    the last `keep_checkpoints` saves (orbax, async)
+    checkpoints/best/    the best save by validation mIoU
+    checkpoints/damaged/ saves that did not restore completely, moved aside on resume
+    model/               the final model as a model directory (checkpointing.save_model)
+    metrics.json         the final evaluation (mIoU, OA, Kappa, mF1 in percent, per class)
+    tensorboard/         scalars: loss, learning rate, throughput, eval metrics
+    run.json             {"finished": true, "steps": ..., "images_per_s": ...} at the end
+
+The lock is an exclusive ``flock`` on ``run.lock``: the operating system releases it when
+its holder exits in any way (SIGKILL and power loss of a local disk included), so a
+second run on the folder is refused only while the first is alive. On a network
+filesystem whose locks outlive a crashed host, delete ``run.lock`` to break it, once
+sure that the run it names is gone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import pathlib
+import shutil
+import socket
+
+LOCK = "run.lock"
+CONFIG = "config.json"
+RUN = "run.json"
+METRICS = "metrics.json"
+# Everything a run writes; --overwrite of a finished run removes these and nothing else.
+WRITTEN = (CONFIG, "checkpoints", "model", METRICS, "tensorboard", RUN)
+
+
+class WorkdirBusy(RuntimeError):
+    """Another live process holds the work directory."""
+
+
+class Lock:
+    """An exclusive lock on a work directory for the life of a run (see module docstring)."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.path = pathlib.Path(workdir) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise WorkdirBusy(
+                f"{self.path.parent} is in use by another training run ({holder}); wait for "
+                f"it or stop it, or use another work directory. If that run is gone and the "
+                f"lock stayed (network filesystems), delete {self.path}"
+            ) from None
+        except OSError as e:
+            os.close(fd)
+            raise OSError(
+                e.errno, f"cannot lock the work directory ({e.strerror})", str(self.path)
+            ) from None
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except ValueError:
+        info = {}
+    if not info:
+        return "holder unknown"
+    return f"host {info.get('host')}, pid {info.get('pid')}, started {info.get('started')}"
+
+
+def is_finished(workdir: pathlib.Path) -> bool:
+    run = pathlib.Path(workdir) / RUN
+    try:
+        return bool(json.loads(run.read_text()).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
+def clear_finished_run(workdir: pathlib.Path) -> list[str]:
+    """Remove what a run wrote (``WRITTEN``); other files stay. Returns what was removed."""
+    removed = []
+    for name in WRITTEN:
+        path = pathlib.Path(workdir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed

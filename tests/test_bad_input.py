@@ -1,0 +1,305 @@
+"""Careless, hostile and unlucky input through the real scripts, as a user runs them.
+
+Each case runs a script in a subprocess and asserts: the exit status; one error line
+that names the path or value (no traceback); nothing partial left behind; and the
+user's files untouched (checksums before and after). Full disks and read-only folders
+are real: a small or read-only tmpfs mounted in a private mount namespace.
+"""
+
+import hashlib
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import GOLDEN
+from micro import micro_model
+
+from asanet_jax import checkpointing
+from asanet_jax.data import fake_sources
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CHECKPOINT = GOLDEN / "checkpoint.pth"
+
+
+def can_mount() -> bool:
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+MOUNTS = pytest.mark.skipif(
+    shutil.which("unshare") is None or not can_mount(),
+    reason="needs `unshare -rm` to mount a private tmpfs (a full or read-only disk)",
+)
+
+
+def script(name: str, *args, tmpfs: tuple | None = None, cwd=REPO, timeout: int = 600):
+    """Run scripts/<name>; with tmpfs=(folder, options[, ro]) inside a private mount
+    namespace where `folder` is a fresh tmpfs (made read-only after setup when asked);
+    the folder's listing just before the namespace ends is returned too."""
+    cmd = [sys.executable, str(REPO / "scripts" / name), *map(str, args)]
+    listing = None
+    if tmpfs is not None:
+        folder, options, *ro = tmpfs
+        folder.mkdir(parents=True, exist_ok=True)
+        listing_file = folder.parent / f"{folder.name}.listing"
+        shell = (
+            f"mount -t tmpfs -o {options} tmpfs {folder} && "
+            + (f"mount -o remount,ro {folder} && " if ro else "")
+            + '"$@"; rc=$?; ls -A '
+            + f"{folder} > {listing_file}; exit $rc"
+        )
+        cmd = ["unshare", "-rm", "sh", "-c", shell, "sh", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    if tmpfs is not None:
+        listing = listing_file.read_text().split()
+    return proc, listing
+
+
+def assert_one_line_error(proc, *needles, status=1):
+    err = proc.stderr.strip()
+    assert proc.returncode == status, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = err.splitlines()[-1]
+    assert last.startswith("error: "), err[-2000:]
+    for needle in needles:
+        assert str(needle) in last, (needle, last)
+
+
+def checksums(folder: pathlib.Path) -> dict:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "micro"
+    checkpointing.save_model(path, micro_model(6, seed=3))
+    return path
+
+
+def convert(*args, **kwargs):
+    return script("convert_torch_weights.py", "--torch_checkpoint", *args, **kwargs)
+
+
+# --- data loss ---------------------------------------------------------------------------
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_model_directory(tmp_path):
+    notes = tmp_path / "work"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("three months of field notes")
+    (notes / "runs").mkdir()
+    before = checksums(notes)
+    proc, _ = convert(CHECKPOINT, "--output", notes, "--overwrite")
+    assert_one_line_error(proc, notes, "not a model directory", "notes.txt")
+    assert checksums(notes) == before
+    # `--output .` from inside the folder, as the report had it.
+    proc, _ = convert(CHECKPOINT, "--output", ".", "--overwrite", cwd=notes)
+    assert_one_line_error(proc, "not a model directory")
+    assert checksums(notes) == before
+
+
+def test_overwrite_replaces_a_model_directory_and_only_that(tmp_path, model_dir):
+    target = tmp_path / "model"
+    shutil.copytree(model_dir, target)
+    proc, _ = convert(CHECKPOINT, "--output", target, "--overwrite")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "checkpoint.pth" in (target / "model.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporaries left
+    (target / "mine.txt").write_text("not written by asanet")
+    proc, _ = convert(CHECKPOINT, "--output", target, "--overwrite")
+    assert_one_line_error(proc, "not a model directory", "mine.txt")
+
+
+def test_predict_refuses_to_write_over_its_input_or_an_existing_output(tmp_path, model_dir):
+    fake_sources.write_geotiff(tmp_path / "opt.tif", np.full((40, 40, 3), 9, np.uint8))
+    fake_sources.write_geotiff(tmp_path / "sar.tif", np.full((40, 40), 7, np.uint8))
+    (tmp_path / "old.tif").write_bytes(b"yesterday's map")
+    common = ["--checkpoint", model_dir, "--dataset", "synthetic_rgb_sar"]
+    common += ["--optical", tmp_path / "opt.tif", "--sar", tmp_path / "sar.tif"]
+    before = checksums(tmp_path)
+    for output, message in (
+        (tmp_path / "opt.tif", "this is the input"),
+        (tmp_path / "." / "sar.tif", "this is the input"),
+        (tmp_path / "old.tif", "already exists; --overwrite replaces it"),
+        (tmp_path / "no" / "such" / "out.tif", "does not exist"),
+    ):
+        proc, _ = script("predict.py", *common, "--output", output)
+        assert_one_line_error(proc, output, message)
+        assert checksums(tmp_path) == before
+    (tmp_path / "link.tif").symlink_to(tmp_path / "opt.tif")
+    before = checksums(tmp_path)
+    proc, _ = script("predict.py", *common, "--output", tmp_path / "link.tif", "--overwrite")
+    assert_one_line_error(proc, "this is the input")
+    assert checksums(tmp_path) == before
+
+
+# --- non-finite weights -----------------------------------------------------------------
+
+
+def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path):
+    state = torch.load(CHECKPOINT, weights_only=True)
+    state["state_dict"]["decode_head.conv_seg.weight"][0, 0] = float("nan")
+    state["state_dict"]["backbone.backbone.norm3.bias"][1] = float("inf")
+    torch.save(state, tmp_path / "nan.pth")
+    proc, _ = convert(tmp_path / "nan.pth", "--output", tmp_path / "out")
+    assert_one_line_error(
+        proc, "decode_head.conv_seg.weight (1 NaN", "backbone.backbone.norm3.bias (0 NaN and 1 Inf"
+    )
+    assert not (tmp_path / "out").exists()
+    proc, _ = convert(tmp_path / "nan.pth", "--output", tmp_path / "out", "--allow_nonfinite")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # Loading that model directory refuses it too (eval.py here).
+    proc, _ = script(
+        "eval.py", "--config", REPO / "configs" / "demo.py:runlocal", "--checkpoint",
+        tmp_path / "out", f"--config.data.data_dir={tmp_path / 'data'}",
+    )  # fmt: skip
+    assert_one_line_error(proc, tmp_path / "out", "decode_head/conv_seg/kernel")
+
+
+def test_float64_weights_are_recorded_and_reported(tmp_path):
+    state = torch.load(CHECKPOINT, weights_only=True)
+    state["state_dict"] = {
+        k: v.double() if v.is_floating_point() else v for k, v in state["state_dict"].items()
+    }
+    torch.save(state, tmp_path / "f64.pth")
+    proc, _ = convert(tmp_path / "f64.pth", "--output", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stored 361 float64 source tensors as float32" in proc.stdout
+    meta = checkpointing.read_metadata(tmp_path / "out")
+    assert meta["source"]["dtypes"] == {"float64": 361, "int64": 29}
+
+
+# --- one line, not a traceback -----------------------------------------------------------
+
+
+def test_converter_errors_are_one_line(tmp_path, model_dir):
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        ((tmp_path / "a_file",), "is a file"),
+        ((model_dir,), "already exists; --overwrite replaces it"),
+    ]
+    for output, message in cases:
+        proc, _ = convert(CHECKPOINT, "--output", *output)
+        assert_one_line_error(proc, output[0], message)
+    proc, _ = convert(model_dir, "--output", tmp_path / "x")
+    assert_one_line_error(proc, model_dir, "is a folder; expected a checkpoint file")
+
+
+@MOUNTS
+def test_full_and_read_only_disks_are_one_line_and_leave_nothing(tmp_path):
+    disk = tmp_path / "disk"
+    proc, listing = convert(CHECKPOINT, "--output", disk / "out", tmpfs=(disk, "size=256k"))
+    assert_one_line_error(proc, "no space left on device")
+    assert listing == []
+    proc, listing = convert(CHECKPOINT, "--output", disk / "out", tmpfs=(disk, "size=8m", "ro"))
+    assert_one_line_error(proc, disk, "read-only file system")
+    assert listing == []
+    src = fake_sources.write_pie(tmp_path / "PIE", ["1", "2"], ["3"])
+    proc, listing = script(
+        "build_dataset.py", "pie_rgb_sar", "--manual_dir", src, "--data_dir", disk / "data",
+        tmpfs=(disk, "size=64k"),
+    )  # fmt: skip
+    assert_one_line_error(proc, "no space left on device")
+    assert listing in ([], ["data"]) and not (disk / "data" / "pie_rgb_sar").exists()
+    proc, listing = script(
+        "build_dataset.py", "pie_rgb_sar", "--manual_dir", src, "--data_dir", disk,
+        tmpfs=(disk, "size=8m", "ro"),
+    )  # fmt: skip
+    assert_one_line_error(proc, disk, "read-only file system")
+    proc, listing = script(
+        "train.py", "--config", REPO / "configs" / "demo.py:runlocal", "--workdir",
+        disk / "run", f"--config.data.data_dir={tmp_path / 'data'}",
+        tmpfs=(disk, "size=8m", "ro"),
+    )  # fmt: skip
+    assert_one_line_error(proc, disk / "run", "read-only file system")
+
+
+def test_training_refuses_bad_settings_before_writing_anything(tmp_path):
+    demo = str(REPO / "configs" / "demo.py") + ":runlocal"
+    for flag, message in (
+        ("--config.train.stepz=3", "stepz"),
+        ("--config.train.batch_size=-2", "config.train.batch_size=-2"),
+        ("--config.data.eval_batch_size=0", "config.data.eval_batch_size=0"),
+        ("--config.mesh.platform=gpu", "config.mesh.platform='gpu' but JAX"),
+        ("--config.model.kernels=fast", "config.model.kernels='fast'"),
+    ):
+        run = tmp_path / flag.split("=")[0].rsplit(".", 1)[-1]
+        data = f"--config.data.data_dir={tmp_path / 'data'}"
+        proc, _ = script("train.py", "--config", demo, "--workdir", run, data, flag)
+        assert_one_line_error(proc, message)
+        assert not run.exists(), flag  # no config.json, no folder
+
+
+def test_eval_and_predict_explain_a_model_directory_without_weights(tmp_path, model_dir):
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    shutil.rmtree(broken / "weights")
+    proc, _ = script(
+        "eval.py", "--config", REPO / "configs" / "demo.py:runlocal", "--checkpoint", broken,
+        f"--config.data.data_dir={tmp_path / 'data'}",
+    )  # fmt: skip
+    assert_one_line_error(proc, broken, "not a model checkpoint")
+    fake_sources.write_geotiff(tmp_path / "opt.tif", np.full((1, 1, 3), 9, np.uint8))
+    fake_sources.write_geotiff(tmp_path / "sar.tif", np.full((1, 1), 7, np.uint8))
+    common = ["--dataset", "synthetic_rgb_sar", "--optical", tmp_path / "opt.tif"]
+    common += ["--sar", tmp_path / "sar.tif", "--output", tmp_path / "out.tif"]
+    proc, _ = script("predict.py", "--checkpoint", broken, *common)
+    assert_one_line_error(proc, broken, "not a model checkpoint")
+    proc, _ = script("predict.py", "--checkpoint", model_dir, *common)
+    assert_one_line_error(proc, tmp_path / "opt.tif", "1x1 pixels", "at least 32x32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "opt.tif", "sar.tif"]
+
+
+# --- datasets ----------------------------------------------------------------------------
+
+
+def build(*args):
+    return script("build_dataset.py", "pie_rgb_sar", *args)
+
+
+def test_a_rebuild_after_the_sources_changed_is_refused_then_done_on_request(tmp_path):
+    src = fake_sources.write_pie(tmp_path / "PIE", ["1", "2", "3", "4", "5"], ["6"])
+    data = tmp_path / "data"
+    proc, _ = build("--manual_dir", src, "--data_dir", data)
+    assert proc.returncode == 0 and "train: 5 examples" in proc.stdout, proc.stderr[-2000:]
+    (src / "train.txt").write_text("1\n2\n3\n4\n")  # shortened
+    fake_sources.write_geotiff(src / "label" / "2.tif", np.zeros((32, 32), np.uint8))
+    proc, _ = build("--manual_dir", src, "--data_dir", data)
+    assert_one_line_error(proc, "label changed", "train.txt changed", "--overwrite")
+    # Reading it is refused too: stale records are never served as current.
+    proc, _ = script(
+        "train.py", "--config", REPO / "configs" / "pie.py:runlocal", "--workdir",
+        tmp_path / "run", f"--config.data.data_dir={data}",
+    )  # fmt: skip
+    assert_one_line_error(proc, "since then", "label changed", "--overwrite")
+    proc, _ = build("--manual_dir", src, "--data_dir", data, "--overwrite")
+    assert proc.returncode == 0 and "train: 4 examples" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_dataset_errors_name_the_files(tmp_path):
+    src = fake_sources.write_pie(tmp_path / "PIE", ["1", "2"], ["3"])
+    (src / "val.txt").write_text("3\n2\n")
+    proc, _ = build("--manual_dir", src, "--data_dir", tmp_path / "data")
+    assert_one_line_error(proc, "listed in both 'train' and 'val': ['2']")
+    (src / "val.txt").write_text("3\n")
+    fake_sources.write_geotiff(
+        src / "sar" / "2.tif",
+        np.zeros((32, 32), np.uint8),
+        transform=fake_sources.fake_transform(x0=500010.0),
+    )
+    proc, _ = build("--manual_dir", src, "--data_dir", tmp_path / "data")
+    assert_one_line_error(proc, "differ in geotransform", src / "sar" / "2.tif")
+    assert not (tmp_path / "data" / "pie_rgb_sar").exists()
+    proc, _ = build("--manual_dir", src, "--data_dir", tmp_path / "data", "--accept_misaligned")
+    assert proc.returncode == 0, proc.stderr[-2000:]
