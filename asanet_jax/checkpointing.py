@@ -24,10 +24,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from asanet_jax import files
-from asanet_jax.convert.official import check_finite, check_fit
-from asanet_jax.convert.reader import CheckpointError
 from asanet_jax.models.asanet import WEIGHTS, ASANet, build_with_weights
 from asanet_jax.models.config import resolve, to_config
+from asanet_jax.weights import CheckpointError, check_finite, check_fit
 
 CONFIG_FILE = "model.json"
 WEIGHTS_DIR = "weights"
@@ -98,7 +97,7 @@ def save_model(
             ocp.StandardCheckpointer(multiprocessing_options=only_me) as ckptr,
         ):
             ckptr.save(tmp / WEIGHTS_DIR, pure)
-        doc = {"model": to_config(model.spec).to_dict(), **(metadata or {})}
+        doc = {"model": to_config(model.config).to_dict(), **(metadata or {})}
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, default=list) + "\n")
     return directory
 
@@ -122,7 +121,7 @@ def read_metadata(directory) -> dict:
         raise ModelCheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
-def load_model(
+def load_model_dir(
     directory,
     model_config: ml_collections.ConfigDict | dict | None = None,
     *,
@@ -146,7 +145,7 @@ def load_model(
         )
         stored.update(given)
     try:
-        spec = resolve(stored)
+        config = resolve(stored)
     except ValueError as e:
         raise ModelCheckpointError(f"{directory}: {e}") from None
 
@@ -164,8 +163,8 @@ def load_model(
         nnx.replace_by_pure_dict(weights, restored)
         return weights
 
-    model = build_with_weights(spec, fill)
-    return model, to_config(spec), meta
+    model = build_with_weights(config, fill)
+    return model, to_config(config), meta
 
 
 def _flat(tree) -> dict:

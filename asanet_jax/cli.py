@@ -12,6 +12,7 @@ command-line flag, such as an unknown config field, into one line.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import pathlib
 import re
@@ -56,8 +57,29 @@ class _Interrupts:
         raise KeyboardInterrupt
 
 
+def show_messages() -> None:
+    """Show the library's log messages (``logging.getLogger('asanet_jax...')``, INFO and up)
+    on stderr, as plain lines, from process 0 of a multi-host run only."""
+    logger = logging.getLogger("asanet_jax")
+    if any(isinstance(h, _MessageHandler) for h in logger.handlers):
+        return
+    logger.addHandler(_MessageHandler(sys.stderr))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not again through absl's handler on the root logger
+
+
+class _MessageHandler(logging.StreamHandler):
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def filter(self, record) -> bool:
+        return "jax" not in sys.modules or sys.modules["jax"].process_index() == 0
+
+
 def run(main: Callable[[], int | None]) -> int:
     """Call ``main()``; map user errors and Ctrl-C to one line and an exit status."""
+    show_messages()
     interrupts = _Interrupts()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, interrupts)
@@ -82,7 +104,6 @@ def _quiet_after_failure() -> None:
     """Before the one line: close progress bars a failure left open (they would redraw
     after it), and silence the asyncio tasks and coroutines of writers cut short, whose
     complaints at exit would only repeat the error."""
-    import logging
     import warnings
 
     if "tqdm" in sys.modules:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from asanet_jax.data import synthetic
+from asanet_jax.noise import smooth_noise
 
 SEVERITIES = (1, 2, 3, 4, 5)
 CLOUD_COVER = (0.10, 0.25, 0.40, 0.60, 0.80)
@@ -36,7 +36,7 @@ def _noise(rng, shape, cells: int, octaves: int) -> np.ndarray:
     import cv2
 
     side = max(shape)
-    noise = synthetic.smooth_noise(rng, side, cells, octaves)
+    noise = smooth_noise(rng, side, cells, octaves)
     return cv2.resize(noise, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 

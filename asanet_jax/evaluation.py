@@ -11,6 +11,8 @@ align_corners=False), softmax; the probabilities are averaged.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import pathlib
 from collections.abc import Callable
 
@@ -18,9 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asanet_jax import checkpointing, inference, metrics
-from asanet_jax.data import pipeline, specs, transforms
+from asanet_jax import files, inference, metrics
+from asanet_jax.data import build, specs, transforms
 from asanet_jax.models import torch_ops
+
+log = logging.getLogger(__name__)
 
 
 class EvaluationError(ValueError):
@@ -43,26 +47,13 @@ class Settings:
             raise EvaluationError("sliding-window inference needs a window and a stride")
 
 
-def load_checkpoint(path, model_config=None):
-    """(model, config.model) from a model directory or an official .pth/.safetensors file."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        model, config, _ = checkpointing.load_model(path, model_config)
-        return model, config
-    if path.is_file():
-        from asanet_jax.convert import load_torch_checkpoint
-
-        return load_torch_checkpoint(path, model_config)
-    raise EvaluationError(f"{path}: no such checkpoint (a model directory or a .pth file)")
-
-
-def check_fits(model, source: pipeline.Source) -> None:
-    spec = model.spec
-    if spec.num_classes != source.spec.num_classes:
+def check_fits(model_config, dataset: specs.DatasetSpec) -> None:
+    """EvaluationError unless the model predicts the dataset's classes."""
+    if model_config.num_classes != dataset.num_classes:
         raise EvaluationError(
-            f"the checkpoint predicts {spec.num_classes} classes but {source.name} has "
-            f"{source.spec.num_classes} ({', '.join(source.spec.classes)}); evaluate it on "
-            "the dataset it was trained for"
+            f"the checkpoint predicts {model_config.num_classes} classes but {dataset.name} "
+            f"has {dataset.num_classes} ({', '.join(dataset.classes)}); use it with the "
+            "dataset it was trained for"
         )
 
 
@@ -102,7 +93,7 @@ def tta_probabilities(
 
 def evaluate(
     predictor: inference.Predictor,
-    source: pipeline.Source,
+    source: build.Source,
     settings: Settings,
     progress: bool = True,
     corrupt=None,
@@ -114,7 +105,7 @@ def evaluate(
     channel order, 0..255) before normalisation (see corruptions.py)."""
     from tqdm import tqdm
 
-    check_fits(predictor, source)
+    check_fits(predictor.config, source.spec)
     spec = source.spec
     k = spec.num_classes
     predict = predictor
@@ -157,7 +148,7 @@ def evaluate(
 
 def robustness(
     predictor: inference.Predictor,
-    source: pipeline.Source,
+    source: build.Source,
     settings: Settings,
     seed: int = 0,
     progress: bool = True,
@@ -169,8 +160,7 @@ def robustness(
     for name, corrupt in corruptions.suite(seed).items():
         result, _, _ = evaluate(predictor, source, settings, progress=progress, corrupt=corrupt)
         table[name] = result["mIoU"]
-        if progress:
-            print(f"{name}: mIoU {result['mIoU']:.2f}", flush=True)
+        log.info("%s: mIoU %.2f", name, result["mIoU"])
     return table
 
 
@@ -189,3 +179,35 @@ def robustness_markdown(table: dict[str, float]) -> str:
         f"SAR missing {table['sar_missing']:.2f} (mIoU)"
     )
     return "\n".join(lines)
+
+
+def write_report(out, result: dict, confusion, samples, source: build.Source) -> list[pathlib.Path]:
+    """metrics.json, confusion.png and predictions.png (optical | SAR | label | prediction)
+    into folder `out` (created); each written atomically. Returns the paths."""
+    from asanet_jax import visualize
+
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "metrics.json", out / "confusion.png", out / "predictions.png"]
+    files.write_text(paths[0], metrics.to_json(result))
+    visualize.save_png(visualize.confusion_image(confusion, source.spec.classes), paths[1])
+    examples, predictions = zip(*samples, strict=True)
+    panel = visualize.prediction_panel(list(examples), list(predictions), source.spec)
+    visualize.save_png(panel, paths[2])
+    return paths
+
+
+def write_robustness_report(out, table: dict, first_example: dict, spec, seed: int):
+    """robustness.json, robustness.md, robustness.png and corruptions.png (the corruptions
+    applied to `first_example`'s optical image) into folder `out`. Returns the paths."""
+    from asanet_jax import visualize
+
+    out = pathlib.Path(out)
+    paths = [out / f"robustness.{ext}" for ext in ("json", "md", "png")]
+    paths.append(out / "corruptions.png")
+    files.write_text(paths[0], json.dumps(table, indent=2) + "\n")
+    files.write_text(paths[1], robustness_markdown(table) + "\n")
+    visualize.save_png(visualize.robustness_plot(table), paths[2])
+    optical = visualize.display_optical(first_example["optical"], spec)
+    visualize.save_png(visualize.corruption_examples(optical, seed), paths[3])
+    return paths

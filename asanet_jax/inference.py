@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from asanet_jax.models.asanet import ASANet
-from asanet_jax.models.config import ModelSpec
+from asanet_jax.models.config import ModelConfig
 
 Predict = Callable[[np.ndarray, np.ndarray], jax.Array]
 
@@ -32,11 +32,11 @@ class InferenceError(ValueError):
     """Inference settings that cannot apply to the given images."""
 
 
-def stream_inputs(spec: ModelSpec, optical, sar) -> tuple:
-    """The model's (rgb, sar) arguments: a single-modality model gets only its own."""
+def stream_inputs(config: ModelConfig, optical, sar) -> tuple:
+    """The model's (optical, sar) arguments: a single-modality model gets only its own."""
     return (
-        optical if "rgb" in spec.streams else None,
-        sar if "sar" in spec.streams else None,
+        optical if "optical" in config.streams else None,
+        sar if "sar" in config.streams else None,
     )
 
 
@@ -46,7 +46,7 @@ def logits(graphdef: nnx.GraphDef, state: nnx.State, optical, sar) -> jax.Array:
     optical, sar: normalised NHWC batches; ``graphdef`` should be in eval mode.
     """
     model = nnx.merge(graphdef, state)
-    return model(*stream_inputs(model.spec, optical, sar))["logits"]
+    return model(*stream_inputs(model.config, optical, sar))["logits"]
 
 
 class Predictor:
@@ -61,16 +61,16 @@ class Predictor:
         graphdef, state = nnx.split(model)
         view = nnx.merge(graphdef, state)  # shares the arrays, not the mode
         view.eval()
-        self.spec: ModelSpec = model.spec
+        self.config: ModelConfig = model.config
         self.graphdef, self.state = nnx.split(view)
         self._forward = jax.jit(functools.partial(logits, self.graphdef))
 
     @property
     def num_classes(self) -> int:
-        return self.spec.num_classes
+        return self.config.num_classes
 
     def __call__(self, optical, sar) -> jax.Array:
-        return self._forward(self.state, *stream_inputs(self.spec, optical, sar))
+        return self._forward(self.state, *stream_inputs(self.config, optical, sar))
 
     def labels(self, optical, sar) -> np.ndarray:
         """Class ids (B, H, W), int32."""

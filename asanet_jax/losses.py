@@ -10,12 +10,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from asanet_jax.labels import IGNORE
 from asanet_jax.models import torch_ops
 
-IGNORE_INDEX = 255
 
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX):
+def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE):
     """Mean softmax cross-entropy over pixels whose label is not ``ignore_index``.
 
     Args:

@@ -1,5 +1,5 @@
 """Segmentation metrics from one confusion matrix, as mmseg's IoUMetric and the official
-CustomIoUMetric compute them (DESIGN.md section 3).
+CustomIoUMetric compute them (docs/design.md, section 7).
 
 The confusion matrix is accumulated on device (`confusion_update`), summed over the whole
 split, then reduced once on the host (`summarize`). Per class: IoU, Acc (= recall),
@@ -16,9 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asanet_jax.labels import IGNORE
+
 
 def confusion_update(
-    confusion: jax.Array, pred: jax.Array, label: jax.Array, ignore_index: int = 255
+    confusion: jax.Array, pred: jax.Array, label: jax.Array, ignore_index: int = IGNORE
 ) -> jax.Array:
     """Add (label, pred) pairs to `confusion` (K, K) int64-safe counts; ignore skipped.
 

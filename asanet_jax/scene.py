@@ -23,8 +23,9 @@ import numpy as np
 
 from asanet_jax import files, inference, visualize
 from asanet_jax.data import io, specs, transforms
+from asanet_jax.labels import IGNORE
 
-NODATA = 255
+NODATA = IGNORE  # label maps' nodata: where an input has no data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +36,6 @@ class SceneInputs:
     width: int
     crs: object
     transform: object
-    optical_bands: int
-    sar_bands: int
     optical_nodata: float | None
     sar_nodata: float | None
 
@@ -89,7 +88,7 @@ def open_scene(optical_path, sar_path, spec: specs.DatasetSpec) -> SceneInputs:
             specs.model_bands(selection, count, field, str(path))
         except ValueError as e:
             raise io.DataError(str(e)) from e
-    return SceneInputs(op, sp, oh, ow, ocrs, otr, ocount, scount, onod, snod)
+    return SceneInputs(op, sp, oh, ow, ocrs, otr, onod, snod)
 
 
 def check_outputs(outputs, inputs, overwrite: bool) -> None:
@@ -147,7 +146,7 @@ def predict_scene(
     from tqdm import tqdm
 
     scene = open_scene(optical_path, sar_path, spec)
-    min_side = 2 ** (len(predictor.spec.depths) + 1)
+    min_side = 2 ** (len(predictor.config.depths) + 1)
     if min(scene.height, scene.width) < min_side:
         raise io.DataError(
             f"{scene.optical} is {scene.height}x{scene.width} pixels; the model downsamples "

@@ -6,9 +6,10 @@ import numpy as np
 
 from asanet_jax import files
 from asanet_jax.data import specs
+from asanet_jax.labels import IGNORE
 
 
-def colorize(label: np.ndarray, palette, ignore_index: int = specs.IGNORE_INDEX) -> np.ndarray:
+def colorize(label: np.ndarray, palette, ignore_index: int = IGNORE) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) uint8 RGB; ignore (and unknown ids) in black."""
     table = np.zeros((256, 3), np.uint8)
     table[: len(palette)] = np.asarray(palette, np.uint8)

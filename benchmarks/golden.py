@@ -70,7 +70,7 @@ def loss_and_gradient_errors(model, io: dict, grads: dict) -> tuple[dict, dict]:
         )
     }
     flat = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(ours)}
-    rules = segmentor_rules(model.spec.streams)
+    rules = segmentor_rules(model.config.streams)
     grad_errors = {}
     for key, ref in grads.items():
         if key == "labels" or key.startswith("loss."):

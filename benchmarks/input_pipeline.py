@@ -60,7 +60,7 @@ def main() -> None:
         tmp = pathlib.Path(tmp)
         write_pie_dataset(tmp / "src", args.examples)
         build.build("pie_rgb_sar", tmp / "data", manual_dir=tmp / "src")
-        source = pipeline.open_source(tmp / "data", "pie_rgb_sar", "train")
+        source = build.open_source(tmp / "data", "pie_rgb_sar", "train")
         rates = {}
         for threads in map(int, args.threads.split(",")):
             rates[threads] = measure(source, threads, args.batch, args.batches, warmup=10)

@@ -1,6 +1,6 @@
 """A plain-PyTorch ASANet: the side-by-side baseline for the benchmarks.
 
-Written here from DESIGN.md (no mmseg/mmcv needed), NCHW, with the official module
+Written here from docs/design.md, section 2 (no mmseg/mmcv needed), NCHW, with the official module
 names so that official checkpoints load into it with ``strict=True``.
 ``tests/test_torch_baseline.py`` checks it against the official fixture as closely
 as our Flax model is checked, which is what makes its timings a fair baseline.

@@ -37,13 +37,13 @@ def run_case(batch: int, dtype: str, repeats: int) -> dict:
     config.model.dtype = dtype
     config.train.batch_size = batch
     mesh = sharding.make_mesh(config.mesh)
-    spec = resolve(config.model)
+    model_config = resolve(config.model)
 
-    def tx_factory(params, spec):
-        return optimizer.make_optimizer(params, spec, config.optim, config.optim.total_steps)
+    def tx_factory(params):
+        return optimizer.make_optimizer(params, config.optim, config.optim.total_steps)
 
     state, tx, _ = trainer.create_state(config, mesh, tx_factory)
-    step = trainer.make_train_step(state, tx, spec, config.train.aux_weight, mesh)
+    step = trainer.make_train_step(state, tx, model_config, config.train.aux_weight, mesh)
     rng = np.random.default_rng(0)
     local = {
         "optical": rng.standard_normal((batch, 256, 256, 3)).astype(np.float32),

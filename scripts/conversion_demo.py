@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import asanet_jax
 from asanet_jax import inference
-from asanet_jax.checkpointing import load_model
 from asanet_jax.convert.cli import convert_main, write_state_dict
 from asanet_jax.convert.official import export_state_dict
 from asanet_jax.models import ASANet, count_params
@@ -51,7 +51,7 @@ def main() -> None:
     convert_main(["--torch_checkpoint", str(official), "--output", str(converted)])
     print(f"2. converted it to a model directory: {converted}")
 
-    reloaded, config, meta = load_model(converted)
+    reloaded, config, meta = asanet_jax.load(converted)
     print(f"3. reloaded it (source sha256 {meta['source']['sha256'][:12]}...)")
 
     rng = np.random.default_rng(0)
@@ -68,7 +68,7 @@ def main() -> None:
     assert diff == 0.0, "conversion changed the model"
 
     for dtype in ("float32", "bfloat16"):
-        m, _, _ = load_model(converted, {"dtype": dtype})
+        m, _, _ = asanet_jax.load(converted, {"dtype": dtype})
         predict = inference.Predictor(m)
         jax.block_until_ready(predict(rgb, sar))  # compile
         times = []

@@ -17,15 +17,16 @@ import jax
 import numpy as np
 from absl import logging
 
-from asanet_jax import checkpointing, cli, inference, metrics, visualize
-from asanet_jax.data import transforms
+import asanet_jax
+from asanet_jax import cli, inference, metrics, visualize
+from asanet_jax.data import build, transforms
 from asanet_jax.train import recipe, trainer
 
 
 def predict_examples(model_dir: pathlib.Path, config, count: int = 4):
     """Whole-image predictions of the first `count` validation examples."""
-    model, _, _ = checkpointing.load_model(model_dir)
-    source = trainer.open_data(config, "val")
+    model, _, _ = asanet_jax.load(model_dir)
+    source = build.open_or_build(config.data, "val")
     spec = source.spec
     examples = [transforms.eval_example(source.records[i], spec) for i in range(count)]
     batch = {k: np.stack([e[k] for e in examples]) for k in ("optical", "sar")}

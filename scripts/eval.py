@@ -13,14 +13,12 @@ dataset's evaluation split unless --split is given. Writes <out>/metrics.json,
 
 from __future__ import annotations
 
-import json
-import pathlib
-
 from absl import flags, logging
 from ml_collections import config_flags
 
-from asanet_jax import cli, evaluation, inference, metrics, visualize
-from asanet_jax.train import trainer
+import asanet_jax
+from asanet_jax import cli, evaluation, inference, metrics
+from asanet_jax.data import build
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:variant]).")
 flags.DEFINE_string("checkpoint", None, "Model directory or official .pth/.safetensors.")
@@ -40,16 +38,13 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
     config = f.config
-    model, _ = evaluation.load_checkpoint(f.checkpoint)
+    model, _, _ = asanet_jax.load(f.checkpoint)
     predictor = inference.Predictor(model)
-    split = f.split or trainer.open_data(config, "train").spec.eval_split
-    source = trainer.open_data(config, split)
+    source = build.open_or_build(config.data, f.split)  # default: the evaluation split
     window = (f.window, f.window) if f.window else None
     stride = (f.stride, f.stride) if f.stride else None
     settings = evaluation.Settings(f.mode, window, stride, f.tta)
     result, confusion, samples = evaluation.evaluate(predictor, source, settings)
-    out = pathlib.Path(f.out)
-    out.mkdir(parents=True, exist_ok=True)
     result["settings"] = {
         "mode": f.mode,
         "window": f.window,
@@ -59,24 +54,15 @@ def main(argv) -> int:
         "dataset": source.name,
         "split": source.split,
     }
-    (out / "metrics.json").write_text(metrics.to_json(result))
-    visualize.save_png(
-        visualize.confusion_image(confusion, source.spec.classes), out / "confusion.png"
-    )
-    examples, preds = zip(*samples, strict=True)
-    panel = visualize.prediction_panel(list(examples), list(preds), source.spec)
-    visualize.save_png(panel, out / "predictions.png")
+    written = evaluation.write_report(f.out, result, confusion, samples, source)
     print(metrics.format_table(result))
-    print(f"wrote {out / 'metrics.json'}, {out / 'confusion.png'}, {out / 'predictions.png'}")
+    print("wrote " + ", ".join(map(str, written)))
     if f.robustness:
         table = evaluation.robustness(predictor, source, settings, seed=f.seed)
-        (out / "robustness.json").write_text(json.dumps(table, indent=2) + "\n")
-        (out / "robustness.md").write_text(evaluation.robustness_markdown(table) + "\n")
-        visualize.save_png(visualize.robustness_plot(table), out / "robustness.png")
-        first = visualize.display_optical(examples[0]["optical"], source.spec)
-        visualize.save_png(visualize.corruption_examples(first, f.seed), out / "corruptions.png")
+        first = samples[0][0]
+        written = evaluation.write_robustness_report(f.out, table, first, source.spec, f.seed)
         print(evaluation.robustness_markdown(table))
-        print(f"wrote {out / 'robustness.json'}, robustness.md, robustness.png, corruptions.png")
+        print("wrote " + ", ".join(map(str, written)))
     return 0
 
 

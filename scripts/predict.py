@@ -17,8 +17,9 @@ import pathlib
 
 from absl import flags, logging
 
+import asanet_jax
 from asanet_jax import cli, evaluation, inference, scene
-from asanet_jax.data import io, pipeline, specs
+from asanet_jax.data import build, io, specs
 
 flags.DEFINE_string("checkpoint", None, "Model directory or official .pth/.safetensors.")
 flags.DEFINE_string("optical", None, "Optical GeoTIFF.")
@@ -36,7 +37,7 @@ flags.mark_flags_as_required(["checkpoint", "optical", "sar", "output"])
 
 def dataset_spec(name: str, data_dir: str | None) -> specs.DatasetSpec:
     if data_dir is not None:
-        return pipeline.open_source(data_dir, name, "train").spec
+        return build.open_source(data_dir, name).spec
     try:
         return specs.get_spec(name)
     except KeyError as e:
@@ -51,12 +52,8 @@ def main(argv) -> int:
     outputs = [f.output, preview] + ([f.confidence] if f.confidence else [])
     scene.check_outputs(outputs, inputs=[f.optical, f.sar], overwrite=f.overwrite)
     spec = dataset_spec(f.dataset, f.data_dir)
-    model, _ = evaluation.load_checkpoint(f.checkpoint)
-    if model.spec.num_classes != spec.num_classes:
-        raise evaluation.EvaluationError(
-            f"the checkpoint predicts {model.spec.num_classes} classes but {spec.name} "
-            f"has {spec.num_classes}"
-        )
+    model, _, _ = asanet_jax.load(f.checkpoint)
+    evaluation.check_fits(model.config, spec)
     out = scene.predict_scene(
         inference.Predictor(model),
         f.optical,

@@ -1,7 +1,7 @@
 """Train ASANet: `python scripts/train.py --config configs/pie.py [--workdir runs/pie]`.
 
 Any config field can be overridden: `--config.optim.lr=2e-4 --config.mesh.fsdp=2`.
-A variant follows the file name: `--config configs/ablations.py:rgb_only`.
+A variant follows the file name: `--config configs/ablations.py:optical_only`.
 The work directory defaults to runs/<config name>[_<variant>]. Re-running with the same
 work directory resumes from its last checkpoint.
 """
@@ -22,7 +22,7 @@ flags.mark_flags_as_required(["config"])
 
 
 def default_workdir() -> pathlib.Path:
-    """runs/<config file name>, with the variant appended: runs/ablations_rgb_only."""
+    """runs/<config file name>, with the variant appended: runs/ablations_optical_only."""
     path, _, variant = flags.FLAGS["config"].config_filename.partition(":")
     name = pathlib.Path(path).stem + (f"_{variant.replace(',', '_')}" if variant else "")
     return pathlib.Path("runs") / name

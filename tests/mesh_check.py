@@ -29,10 +29,10 @@ def one_step(mesh_shape, devices):
     mesh = sharding.make_mesh(ml_collections.ConfigDict(mesh_shape), devices)
     from asanet_jax.models.config import resolve
 
-    spec = resolve(config.model)
+    model_config = resolve(config.model)
 
-    def tx_factory(params, spec):
-        return optimizer.make_optimizer(params, spec, config.optim, 100)
+    def tx_factory(params):
+        return optimizer.make_optimizer(params, config.optim, 100)
 
     state, tx, _ = trainer.create_state(config, mesh, tx_factory)
     rng = np.random.default_rng(0)
@@ -41,7 +41,7 @@ def one_step(mesh_shape, devices):
         "sar": rng.standard_normal((8, 64, 64, 3)).astype(np.float32),
         "label": rng.integers(0, 6, (8, 64, 64)).astype(np.uint8),
     }
-    step = trainer.make_train_step(state, tx, spec, 0.4, mesh)
+    step = trainer.make_train_step(state, tx, model_config, 0.4, mesh)
     batch = pipeline.global_batch(batch, sharding.batch_sharding(mesh))
     new_state, _, out = step(state.state, state.opt_state, batch)
     flat = {

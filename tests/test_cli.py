@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import GOLDEN, nhwc, rel_l2
 
-from asanet_jax.checkpointing import ModelCheckpointError, load_model
+from asanet_jax.checkpointing import ModelCheckpointError, load_model_dir
 from asanet_jax.convert.mapping import MAPPING_VERSION
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -38,7 +38,7 @@ def converted(tmp_path_factory):
     proc = run_script(
         "convert_torch_weights.py", "--torch_checkpoint", GOLDEN / "checkpoint.pth", "--output", out
     )
-    assert "rgb+sar, depths (1, 1, 2, 1)" in proc.stdout
+    assert "optical+sar, depths (1, 1, 2, 1)" in proc.stdout
     return out
 
 
@@ -57,7 +57,7 @@ def test_convert_writes_orbax_weights_and_provenance(converted):
 
 
 def test_converted_directory_reproduces_the_official_outputs(converted, golden_io):
-    model, _, _ = load_model(converted)
+    model, _, _ = load_model_dir(converted)
     x = nhwc(golden_io["s96x136.input"])
     out = model(x[..., :3], x[..., 3:])
     assert rel_l2(out["logits"], nhwc(golden_io["s96x136.logits"])) <= 1e-4
@@ -141,7 +141,7 @@ def test_imagenet_kind_builds_an_initialisation(tmp_path, golden_state):
         "aux_channels=16",
     )
     assert "mmpretrain ImageNet weights" in proc.stdout and "skipped 1 classifier" in proc.stdout
-    model, config, meta = load_model(out)
+    model, config, meta = load_model_dir(out)
     assert config.num_classes == 7 and tuple(config.channels) == (16, 32, 64, 128)
     assert meta["imagenet_init"]["streams"] == ["optical", "sar"]
     np.testing.assert_array_equal(
@@ -152,9 +152,11 @@ def test_imagenet_kind_builds_an_initialisation(tmp_path, golden_state):
 
 def test_load_model_checks_config_against_weights(converted):
     with pytest.raises(ModelCheckpointError, match=r"shape mismatch: 4\n") as info:
-        load_model(converted, {"num_classes": 9})
-    assert "decode_head/conv_seg/kernel: (1, 1, 32, 6) vs model (1, 1, 32, 9)" in str(info.value)
-    model, config, _ = load_model(converted, {"dtype": "bfloat16"})
-    assert config.dtype == "bfloat16" and model.spec.dtype == "bfloat16"
+        load_model_dir(converted, {"num_classes": 9})
+    assert "decode_head/conv_seg/kernel: checkpoint (1, 1, 32, 6) vs model (1, 1, 32, 9)" in str(
+        info.value
+    )
+    model, config, _ = load_model_dir(converted, {"dtype": "bfloat16"})
+    assert config.dtype == "bfloat16" and model.config.dtype == "bfloat16"
     with pytest.raises(ModelCheckpointError, match="not a model checkpoint"):
-        load_model(converted / "weights")
+        load_model_dir(converted / "weights")

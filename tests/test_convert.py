@@ -19,8 +19,8 @@ from asanet_jax.convert import (
 )
 from asanet_jax.convert.cli import write_state_dict
 from asanet_jax.convert.layout import official_layout
-from asanet_jax.convert.official import flat_weights
 from asanet_jax.models import ASANet, resolve
+from asanet_jax.weights import flat_weights
 
 MICRO = dict(depths=(1, 1, 2, 1), channels=(16, 32, 64, 128), decoder_channels=32, aux_channels=16)
 
@@ -36,7 +36,7 @@ def test_architecture_is_inferred_from_the_fixture_alone(golden_model):
     assert config.aux_channels == meta["auxiliary_head"]["channels"]
     assert config.aux_in_index == meta["auxiliary_head"]["in_index"]
     assert tuple(config.pool_scales) == tuple(meta["decode_head"]["pool_scales"])
-    assert config.sfm and config.fusion == "cfm" and config.modalities == "rgb+sar"
+    assert config.sfm and config.fusion == "cfm" and config.modalities == "optical+sar"
 
 
 def test_layout_is_the_official_key_list():
@@ -133,7 +133,7 @@ def _random_model(**overrides):
         dict(sfm=False),
         dict(fusion="sum", aux_channels=0),
         dict(sar_channels=2, aux_in_index=1, aux_num_convs=2),
-        dict(modalities="rgb", sfm=False, fusion="none"),
+        dict(modalities="optical", sfm=False, fusion="none"),
         dict(modalities="sar", sfm=False, fusion="none", sar_channels=1),
     ],
 )
@@ -144,7 +144,7 @@ def test_variants_round_trip_through_official_files(overrides, tmp_path):
     write_state_dict(state, path, meta={})
     hint = {"modalities": "sar"} if overrides.get("modalities") == "sar" else None
     loaded, config = load_torch_checkpoint(path, hint)
-    assert resolve(config) == model.spec
+    assert resolve(config) == model.config
     again = export_state_dict(loaded)
     for key in state:
         np.testing.assert_array_equal(again[key], state[key], err_msg=key)

@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 def weights(workdir):
-    model, _, _ = checkpointing.load_model(pathlib.Path(workdir) / "model")
+    model, _, _ = checkpointing.load_model_dir(pathlib.Path(workdir) / "model")
     state = nnx.state(model, (nnx.Param, nnx.BatchStat))
     return {".".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(state)}
 

@@ -13,7 +13,7 @@ import pytest
 from micro import micro_model
 
 from asanet_jax import checkpointing, evaluation, inference
-from asanet_jax.data import build, pipeline, transforms
+from asanet_jax.data import build, specs, transforms
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def setup(tmp_path_factory):
     build.build("synthetic_rgb_sar", root / "data", config="tiny")
     model = micro_model(6, seed=1)
     checkpointing.save_model(root / "model", model)
-    source = pipeline.open_source(root / "data", "synthetic_rgb_sar", "val")
+    source = build.open_source(root / "data", "synthetic_rgb_sar", "val")
     return root, model, source
 
 
@@ -53,7 +53,7 @@ def test_sliding_windows_average_overlaps_and_reject_small_images():
 def test_tta_undoes_flips_and_scales():
     rng = np.random.default_rng(0)
     optical = rng.integers(0, 255, (40, 48, 3)).astype(np.uint8)
-    spec = pipeline.specs.synthetic_spec()
+    spec = specs.synthetic_spec()
     probs = evaluation.tta_probabilities(
         lambda o, s: image_as_logits(o, s), optical, optical, spec, (1.0,), flip=True
     )

@@ -86,7 +86,7 @@ CHILD = textwrap.dedent(
 
     source, out, io_path = sys.argv[1:4]
     assert convert_main(["--torch_checkpoint", source, "--output", out]) == 0
-    model, _, _ = checkpointing.load_model(out)
+    model, _, _ = checkpointing.load_model_dir(out)
     io = np.load(io_path)
     x = np.ascontiguousarray(io["s96x136.input"].transpose(0, 2, 3, 1))
     logits = np.asarray(inference.Predictor(model)(x[..., :3], x[..., 3:]))

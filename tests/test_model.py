@@ -56,9 +56,9 @@ def test_custom_depths_and_channels_build_and_run():
     [
         ({"backbone": "gigantic"}, "config.model.backbone='gigantic'"),
         ({"depths": (1, 1)}, "depths and channels to be set together"),
-        ({"modalities": "rgb+nir"}, "config.model.modalities"),
+        ({"modalities": "optical+nir"}, "config.model.modalities"),
         ({"fusion": "concat"}, "config.model.fusion='concat'"),
-        ({"modalities": "rgb"}, "single-stream model"),
+        ({"modalities": "optical"}, "single-stream model"),
         ({"dtype": "float16"}, "config.model.dtype"),
         ({"dropout": 1.5}, "config.model.dropout"),
         ({"aux_in_index": 4}, "config.model.aux_in_index"),
@@ -79,7 +79,7 @@ def test_bad_config_names_the_field(overrides, message):
         dict(sfm=False, fusion="sum"),
         dict(aux_channels=0),
         dict(sar_channels=2),
-        dict(modalities="rgb", sfm=False, fusion="none"),
+        dict(modalities="optical", sfm=False, fusion="none"),
         dict(modalities="sar", sfm=False, fusion="none", sar_channels=1),
     ],
 )
@@ -87,20 +87,22 @@ def test_ablations_and_baselines_run(overrides):
     cfg = dict(MICRO) | overrides
     model = ASANet(cfg, rngs=nnx.Rngs(0))
     model.eval()
-    spec = model.spec
-    rgb = jnp.ones((2, 64, 96, spec.optical_channels)) if "rgb" in spec.streams else None
-    sar = jnp.ones((2, 64, 96, spec.sar_channels)) if "sar" in spec.streams else None
-    out = model(rgb, sar)
+    config = model.config
+    optical = (
+        jnp.ones((2, 64, 96, config.optical_channels)) if "optical" in config.streams else None
+    )
+    sar = jnp.ones((2, 64, 96, config.sar_channels)) if "sar" in config.streams else None
+    out = model(optical, sar)
     assert out["logits"].shape == (2, 64, 96, 6)
     assert out["decode_logits"].shape == (2, 16, 24, 6)
-    assert ("aux_logits" in out) == bool(spec.aux_channels)
-    assert (model.sfms is not None) == spec.sfm
+    assert ("aux_logits" in out) == bool(config.aux_channels)
+    assert (model.sfms is not None) == config.sfm
     assert np.isfinite(np.asarray(out["logits"])).all()
 
 
 def test_single_stream_norm_does_not_replace_the_stream():
     """mmpretrain's backbone appends norm(x) but carries x on, unlike ASANet's streams."""
-    model = ASANet(dict(MICRO, modalities="rgb", sfm=False, fusion="none"), rngs=nnx.Rngs(0))
+    model = ASANet(dict(MICRO, modalities="optical", sfm=False, fusion="none"), rngs=nnx.Rngs(0))
     model.eval()
     stream = model.optical
     x = jax.random.normal(jax.random.key(0), (1, 64, 64, 3))

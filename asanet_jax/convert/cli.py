@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 
 from asanet_jax import __version__, cli, files
-from asanet_jax.checkpointing import check_replaceable, load_model, save_model
+from asanet_jax.checkpointing import check_replaceable, load_model_dir, save_model
 from asanet_jax.convert.imagenet import imagenet_arch, init_from_imagenet
 from asanet_jax.convert.mapping import MAPPING_VERSION
 from asanet_jax.convert.official import export_state_dict, load_state_dict
@@ -38,7 +38,7 @@ def parse_overrides(items: list[str]) -> dict:
         try:
             out[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
-            out[key] = raw  # a bare word such as rgb+sar or bfloat16
+            out[key] = raw  # a bare word such as optical+sar or bfloat16
     return out
 
 
@@ -87,10 +87,10 @@ def convert(args) -> pathlib.Path:
     if narrowed:
         listed = ", ".join(f"{n} {d}" for d, n in narrowed.items())
         print(f"  stored {listed} source tensors as float32 (model.json records the source dtypes)")
-    spec = model.spec
+    c = model.config
     print(
-        f"  model: {spec.modalities}, depths {spec.depths}, channels {spec.channels}, "
-        f"{spec.num_classes} classes, sfm={spec.sfm}, fusion={spec.fusion}"
+        f"  model: {c.modalities}, depths {c.depths}, channels {c.channels}, "
+        f"{c.num_classes} classes, sfm={c.sfm}, fusion={c.fusion}"
     )
     if report is not None:
         print(
@@ -157,7 +157,7 @@ def export(args) -> int:
         raise FileExistsError(f"{out} is a folder; expected the path of a .pth or .safetensors")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; --overwrite replaces it")
-    model, _, meta = load_model(args.checkpoint)
+    model, _, meta = load_model_dir(args.checkpoint)
     state = export_state_dict(model)
     write_state_dict(state, out, meta={"asanet_jax_version": __version__, **meta})
     print(f"wrote {out} ({len(state)} tensors)")

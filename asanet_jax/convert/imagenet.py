@@ -16,20 +16,17 @@ initialisation, as in the official code, and are reported.
 
 from __future__ import annotations
 
+import pathlib
 import re
 
 import numpy as np
 
+from asanet_jax import checkpointing, weights
 from asanet_jax.convert.layout import convnext_layout
 from asanet_jax.convert.mapping import stream_rules
-from asanet_jax.convert.official import (
-    check_finite,
-    mismatch_report,
-    set_weights,
-    stream_arch,
-    to_flax_values,
-)
-from asanet_jax.convert.reader import CheckpointError, read_state_dict
+from asanet_jax.convert.official import stream_arch, to_flax_values
+from asanet_jax.convert.reader import read_state_dict
+from asanet_jax.weights import CheckpointError, check_finite
 
 _FAIR_RENAMES = [
     (r"stages\.(\d+)\.(\d+)\.dwconv\.(.+)", r"stages.\1.\2.depthwise_conv.\3"),
@@ -128,36 +125,61 @@ def init_from_imagenet(
     if not allow_nonfinite:
         check_finite(backbone)
     prefixed = {f"x.{k}": v for k, v in backbone.items()}
-    spec = model.spec
-    n = len(spec.depths)
+    config = model.config
+    n = len(config.depths)
     may_lack = {f"norm{i}.{p}" for i in range(n - 1) for p in ("weight", "bias")}
-    streams = {"rgb": ("optical", spec.optical_channels), "sar": ("sar", spec.sar_channels)}
+    bands = {"optical": config.optical_channels, "sar": config.sar_channels}
+    given = {k: np.shape(v) for k, v in backbone.items()}
     values, left = {}, []
-    for modality in spec.streams:
-        name, bands = streams[modality]
-        layout = {k[2:]: s for k, s, _ in convnext_layout("x", spec, bands)}
-        unconsumed = sorted(set(backbone) - set(layout))
-        missing = sorted(set(layout) - set(backbone) - may_lack)
-        mismatched = sorted(
-            f"{k}: checkpoint {tuple(backbone[k].shape)} vs {name} stream {layout[k]}"
-            for k in set(backbone) & set(layout)
-            if tuple(backbone[k].shape) != tuple(layout[k])
-        )
+    for stream in config.streams:
+        layout = {k[2:]: s for k, s, _ in convnext_layout("x", config, bands[stream])}
+        unconsumed, missing, mismatched = weights.compare(layout, given)
+        missing = [k for k in missing if k not in may_lack]
         if unconsumed or missing or mismatched:
             raise CheckpointError(
-                f"does not fit the {name} stream ({spec.depths}, {spec.channels}, {bands} "
-                f"input bands):\n" + mismatch_report(unconsumed, missing, mismatched)
+                f"does not fit the {stream} stream ({config.depths}, {config.channels}, "
+                f"{bands[stream]} input bands):\n"
+                + weights.mismatch_report(unconsumed, missing, mismatched)
             )
-        left += [f"{name}.{k}" for k in sorted(set(layout) - set(backbone))]
-        values.update(to_flax_values(prefixed, stream_rules("x", name)))
-    set_weights(model, values)
+        left += [f"{stream}.{k}" for k in sorted(set(layout) - set(backbone))]
+        values.update(to_flax_values(prefixed, stream_rules("x", stream)))
+    weights.set_weights(model, values)
     return {
         "format": fmt,
         "loaded": len(backbone),
-        "streams": [streams[m][0] for m in spec.streams],
+        "streams": list(config.streams),
         "skipped": skipped,
         "left_at_init": left,
     }
+
+
+def init_from(model, path, log=print) -> None:
+    """Initialise every backbone stream of `model` in place from ImageNet weights: a raw
+    ConvNeXt V2 checkpoint (mmpretrain, FAIR or timm .pth/.safetensors) or a model
+    directory written by ``convert_torch_weights.py --kind imagenet``.
+
+    Raises:
+      CheckpointError: the weights do not fit the model's streams (naming the keys).
+    """
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        report = load_imagenet_backbone(model, path)
+        log(f"initialised {', '.join(report['streams'])} stream(s) from {path}: {report['format']}")
+        return
+    source, _, _ = checkpointing.load_model_dir(path)
+    streams = tuple(f"{s}." for s in model.config.streams)
+    values = {
+        k: np.asarray(v[...])
+        for k, v in weights.flat_weights(source).items()
+        if k.startswith(streams)
+    }
+    if not values:
+        raise CheckpointError(f"{path}: holds no backbone weights for streams {streams}")
+    try:
+        weights.set_weights(model, values)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: backbone does not fit config.model: {e}") from None
+    log(f"initialised {len(values)} backbone tensors from {path}")
 
 
 def imagenet_arch(state: dict[str, np.ndarray]) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -8,7 +8,7 @@ export can be written in exactly the official form.
 
 from __future__ import annotations
 
-from asanet_jax.models.config import ModelSpec
+from asanet_jax.models.config import ModelConfig
 
 Layout = list[tuple[str, tuple[int, ...], str]]
 
@@ -35,15 +35,15 @@ def _conv_module(p: str, o: int, i: int, k: int) -> Layout:
     return _conv(f"{p}.conv", o, i, k, bias=False) + _bn(f"{p}.bn", o)
 
 
-def convnext_layout(p: str, spec: ModelSpec, in_channels: int) -> Layout:
+def convnext_layout(p: str, config: ModelConfig, in_channels: int) -> Layout:
     """mmpretrain ConvNeXt V2 (GRN, linear pointwise convs) under prefix ``p``."""
-    ch = spec.channels
+    ch = config.channels
     out = _conv(f"{p}.downsample_layers.0.0", ch[0], in_channels, 4)
     out += _affine(f"{p}.downsample_layers.0.1", ch[0])
     for i in range(1, len(ch)):
         out += _affine(f"{p}.downsample_layers.{i}.0", ch[i - 1])
         out += _conv(f"{p}.downsample_layers.{i}.1", ch[i], ch[i - 1], 2)
-    for i, (d, c) in enumerate(zip(spec.depths, ch, strict=True)):
+    for i, (d, c) in enumerate(zip(config.depths, ch, strict=True)):
         for j in range(d):
             b = f"{p}.stages.{i}.{j}"
             out += [(f"{b}.depthwise_conv.weight", (c, 1, 7, 7), "float32")]
@@ -70,43 +70,43 @@ def _cfm(p: str, c: int) -> Layout:
     return out + _conv(f"{p}.fc1", c, c, 1) + _conv(f"{p}.fc2", c, c, 1)
 
 
-def heads_layout(spec: ModelSpec) -> Layout:
-    ch, d, k = spec.channels, spec.decoder_channels, spec.num_classes
+def heads_layout(config: ModelConfig) -> Layout:
+    ch, d, k = config.channels, config.decoder_channels, config.num_classes
     out = _conv("decode_head.conv_seg", k, d, 1)
-    for s in range(len(spec.pool_scales)):
+    for s in range(len(config.pool_scales)):
         out += _conv_module(f"decode_head.psp_modules.{s}.1", d, ch[-1], 1)
-    out += _conv_module("decode_head.bottleneck", d, ch[-1] + len(spec.pool_scales) * d, 3)
+    out += _conv_module("decode_head.bottleneck", d, ch[-1] + len(config.pool_scales) * d, 3)
     for i, c in enumerate(ch[:-1]):
         out += _conv_module(f"decode_head.lateral_convs.{i}", d, c, 1)
     for i in range(len(ch) - 1):
         out += _conv_module(f"decode_head.fpn_convs.{i}", d, d, 3)
     out += _conv_module("decode_head.fpn_bottleneck", d, len(ch) * d, 3)
-    if spec.aux_channels:
-        a = spec.aux_channels
+    if config.aux_channels:
+        a = config.aux_channels
         out += _conv("auxiliary_head.conv_seg", k, a, 1)
-        widths = [ch[spec.aux_in_index]] + [a] * spec.aux_num_convs
-        for j in range(spec.aux_num_convs):
+        widths = [ch[config.aux_in_index]] + [a] * config.aux_num_convs
+        for j in range(config.aux_num_convs):
             out += _conv_module(f"auxiliary_head.convs.{j}", widths[j + 1], widths[j], 3)
     return out
 
 
-def official_layout(spec: ModelSpec) -> Layout:
-    """Every key of the official mmseg state_dict for ``spec``, in official order.
+def official_layout(config: ModelConfig) -> Layout:
+    """Every key of the official mmseg state_dict for ``config``, in official order.
 
     Two-stream models are mmseg ``EarlyFusionSegmentor`` + ASANet; single-modality
     baselines are ``EncoderDecoder`` with the backbone directly under ``backbone.``.
     """
-    if len(spec.streams) == 1:
-        in_ch = spec.optical_channels if spec.streams == ("rgb",) else spec.sar_channels
-        return convnext_layout("backbone", spec, in_ch) + heads_layout(spec)
-    out = convnext_layout("backbone.backbone", spec, spec.optical_channels)
-    out += convnext_layout("backbone.backbone2", spec, spec.sar_channels)
-    if spec.sfm:
-        for i, c in enumerate(spec.channels):
+    if len(config.streams) == 1:
+        in_ch = config.optical_channels if config.streams == ("optical",) else config.sar_channels
+        return convnext_layout("backbone", config, in_ch) + heads_layout(config)
+    out = convnext_layout("backbone.backbone", config, config.optical_channels)
+    out += convnext_layout("backbone.backbone2", config, config.sar_channels)
+    if config.sfm:
+        for i, c in enumerate(config.channels):
             h = max(32, c // 16)
             out += _conv(f"backbone.FRMs.{i}.sconv.0", h, c, 1)
             out += _conv(f"backbone.FRMs.{i}.sconv.2", c, h, 1)
-    if spec.fusion == "cfm":
-        for i, c in enumerate(spec.channels):
+    if config.fusion == "cfm":
+        for i, c in enumerate(config.channels):
             out += _cfm(f"backbone.FFMs.{i}", c)
-    return out + heads_layout(spec)
+    return out + heads_layout(config)

@@ -120,9 +120,8 @@ def stream_rules(torch_prefix: str, flax_prefix: str) -> list[tuple[str, str, st
 
 def segmentor_rules(streams: tuple[str, ...]) -> list[tuple[str, str, str]]:
     """All rules for an official segmentor with the given streams."""
-    flax_name = {"rgb": "optical", "sar": "sar"}
     if len(streams) == 1:
-        return stream_rules("backbone", flax_name[streams[0]]) + FUSION_AND_HEAD_RULES
+        return stream_rules("backbone", streams[0]) + FUSION_AND_HEAD_RULES
     return (
         stream_rules("backbone.backbone", "optical")
         + stream_rules("backbone.backbone2", "sar")

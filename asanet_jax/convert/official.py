@@ -5,16 +5,22 @@ from __future__ import annotations
 import collections
 import re
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from asanet_jax.convert.layout import official_layout
 from asanet_jax.convert.mapping import map_key, segmentor_rules
-from asanet_jax.convert.reader import CheckpointError, read_state_dict
-from asanet_jax.models.asanet import WEIGHTS, ASANet, build_with_weights
-from asanet_jax.models.config import ModelSpec, resolve, to_config
+from asanet_jax.convert.reader import read_state_dict
+from asanet_jax.models.asanet import ASANet
+from asanet_jax.models.config import LEGACY_MODALITIES, ModelConfig, resolve, to_config
+from asanet_jax.weights import (
+    CheckpointError,
+    check_finite,
+    check_fit,
+    flat_weights,
+    mismatch_report,
+    model_from_values,
+)
 
 
 def _count(state: dict, pattern: str) -> int:
@@ -79,7 +85,7 @@ def infer_model_config(
         depths, channels, opt_ch = stream_arch(state, "backbone.backbone")
         _, _, sar_ch = stream_arch(state, "backbone.backbone2")
         cfg = {
-            "modalities": "rgb+sar",
+            "modalities": "optical+sar",
             "optical_channels": opt_ch,
             "sar_channels": sar_ch,
             "sfm": any(k.startswith("backbone.FRMs.") for k in state),
@@ -87,13 +93,15 @@ def infer_model_config(
         }
     elif "backbone.downsample_layers.0.0.weight" in state:
         depths, channels, in_ch = stream_arch(state, "backbone")
-        modality = overrides.get("modalities", "rgb")
-        if modality not in ("rgb", "sar"):
+        modality = overrides.get("modalities", "optical")
+        modality = LEGACY_MODALITIES.get(modality, modality)
+        if modality not in ("optical", "sar"):
             raise CheckpointError(
                 f"a single-stream checkpoint cannot be modalities={modality!r}: "
-                "expected 'rgb' or 'sar'"
+                "expected 'optical' or 'sar'"
             )
-        band_field = "optical_channels" if modality == "rgb" else "sar_channels"
+        overrides["modalities"] = modality
+        band_field = "optical_channels" if modality == "optical" else "sar_channels"
         cfg = {"modalities": modality, band_field: in_ch, "sfm": False, "fusion": "none"}
     else:
         raise CheckpointError(
@@ -148,37 +156,14 @@ def infer_model_config(
         raise CheckpointError(str(e)) from None
 
 
-def check_against_layout(state: dict[str, np.ndarray], spec: ModelSpec) -> None:
-    """Strict: the checkpoint has exactly the official keys of ``spec``, with their shapes.
+def check_against_layout(state: dict[str, np.ndarray], config: ModelConfig) -> None:
+    """Strict: the checkpoint has exactly the official keys of ``config``, with their shapes.
 
     Raises:
       CheckpointError: listing unconsumed, missing and shape-mismatched keys.
     """
-    expected = {k: s for k, s, _ in official_layout(spec)}
-    unconsumed = sorted(set(state) - set(expected))
-    missing = sorted(set(expected) - set(state))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}"
-        for k in set(state) & set(expected)
-        if tuple(state[k].shape) != tuple(expected[k])
-    )
-    if unconsumed or missing or mismatched:
-        raise CheckpointError(mismatch_report(unconsumed, missing, mismatched))
-
-
-def mismatch_report(unconsumed, missing, mismatched) -> str:
-    lines = ["the checkpoint does not fit the model:"]
-    for title, items in (
-        ("unconsumed (in the checkpoint, not in the model)", unconsumed),
-        ("missing (in the model, not in the checkpoint)", missing),
-        ("shape mismatch", mismatched),
-    ):
-        if items:
-            lines.append(f"  {title}: {len(items)}")
-            lines += [f"    {x}" for x in items[:40]]
-            if len(items) > 40:
-                lines.append(f"    ... and {len(items) - 40} more")
-    return "\n".join(lines)
+    expected = {k: s for k, s, _ in official_layout(config)}
+    check_fit(expected, {k: np.shape(v) for k, v in state.items()}, all_required=True)
 
 
 def to_flax_values(state: dict[str, np.ndarray], rules) -> dict[str, np.ndarray]:
@@ -195,71 +180,6 @@ def to_flax_values(state: dict[str, np.ndarray], rules) -> dict[str, np.ndarray]
     return out
 
 
-def flat_weights(model: nnx.Module) -> dict[str, nnx.Variable]:
-    """``'optical.stages.0.0.norm.scale' -> Variable`` for every parameter and BN statistic."""
-    state = nnx.state(model, WEIGHTS)
-    return {".".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
-
-
-def check_fit(model: dict[str, tuple], given: dict[str, tuple], *, all_required: bool) -> None:
-    """Raise, listing the mismatches, unless the ``given`` shapes fit the ``model``'s.
-
-    Both map variable names to shapes. Every given name must be a model variable of
-    the same shape; with ``all_required`` every model variable must also be given.
-    """
-    unknown = sorted(set(given) - set(model))
-    missing = sorted(set(model) - set(given)) if all_required else []
-    bad = sorted(
-        f"{k}: {tuple(s)} vs model {tuple(model[k])}"
-        for k, s in given.items()
-        if k in model and tuple(s) != tuple(model[k])
-    )
-    if unknown or missing or bad:
-        raise CheckpointError(mismatch_report(unknown, missing, bad))
-
-
-def check_finite(values: dict) -> None:
-    """Raise, naming them, if floating tensors of ``values`` hold NaN or Inf.
-
-    Such weights load without complaint and then predict one class everywhere.
-    """
-    bad = []
-    for name, value in values.items():
-        a = np.asarray(value)
-        if jnp.issubdtype(a.dtype, jnp.floating) and not np.isfinite(a).all():
-            nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
-            bad.append(f"{name} ({nan} NaN and {inf} Inf of {a.size} values)")
-    if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise CheckpointError(
-            f"{len(bad)} tensor(s) hold non-finite values: {'; '.join(bad[:5])}{more} "
-            "(allow_nonfinite / --allow_nonfinite loads them anyway)"
-        )
-
-
-def set_weights(model: nnx.Module, values: dict[str, np.ndarray]) -> None:
-    """Overwrite the named variables in place; every name and shape must exist in the model."""
-    current = flat_weights(model)
-    given = {k: np.shape(v) for k, v in values.items()}
-    check_fit({k: v.shape for k, v in current.items()}, given, all_required=False)
-    for k, v in values.items():
-        current[k].set_value(jnp.asarray(v, dtype=current[k].dtype))
-
-
-def model_from_values(spec: ModelSpec, values: dict[str, np.ndarray]) -> ASANet:
-    """A model (eval mode) whose every weight comes from ``values``; strict."""
-
-    def fill(weights):
-        flat = [(".".join(map(str, p)), p, v) for p, v in nnx.to_flat_state(weights)]
-        given = {k: np.shape(v) for k, v in values.items()}
-        check_fit({name: v.shape for name, _, v in flat}, given, all_required=True)
-        return nnx.from_flat_state(
-            [(path, v.replace(jnp.asarray(values[name], v.dtype))) for name, path, v in flat]
-        )
-
-    return build_with_weights(spec, fill)
-
-
 def load_state_dict(
     state: dict[str, np.ndarray],
     model_config: ml_collections.ConfigDict | dict | None = None,
@@ -273,12 +193,12 @@ def load_state_dict(
         else dict(model_config or {})
     )
     config = infer_model_config(state, overrides)
-    spec = resolve(config)
-    check_against_layout(state, spec)
+    model_config = resolve(config)
+    check_against_layout(state, model_config)
     if not allow_nonfinite:
         check_finite(state)
-    model = model_from_values(spec, to_flax_values(state, segmentor_rules(spec.streams)))
-    return model, config
+    values = to_flax_values(state, segmentor_rules(model_config.streams))
+    return model_from_values(model_config, values), config
 
 
 def load_torch_checkpoint(
@@ -311,11 +231,10 @@ def export_state_dict(model: ASANet) -> collections.OrderedDict[str, np.ndarray]
     The inverse of ``load_torch_checkpoint``: loading it back, or into the official
     PyTorch model with ``strict=True``, gives the same weights bit for bit.
     """
-    spec = model.spec
-    rules = segmentor_rules(spec.streams)
+    rules = segmentor_rules(model.config.streams)
     ours = {k: np.asarray(v.get_value()) for k, v in flat_weights(model).items()}
     out = collections.OrderedDict()
-    for key, shape, dtype in official_layout(spec):
+    for key, shape, dtype in official_layout(model.config):
         mapped = map_key(key, rules)
         value = mapped.leaf.to_torch(ours.pop(mapped.flax_path))
         assert value.shape == tuple(shape) and value.dtype == np.dtype(dtype), (key, value.shape)

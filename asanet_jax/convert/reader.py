@@ -6,9 +6,7 @@ import pathlib
 
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit; the message says why."""
+from asanet_jax.weights import CheckpointError
 
 
 def _tensor_to_numpy(key: str, value, path) -> np.ndarray:

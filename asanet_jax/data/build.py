@@ -1,7 +1,12 @@
-"""Build a TFDS dataset from Python (no TensorFlow needed) and open a built one for reading."""
+"""Build a TFDS dataset from Python (no TensorFlow needed), and open a built one.
+
+``open_or_build`` is what training, evaluation and the notebook call: the split of a
+built dataset, built first when it is missing and can be built.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pathlib
 import shutil
@@ -9,7 +14,7 @@ import shutil
 import tensorflow_datasets as tfds
 
 from asanet_jax import files
-from asanet_jax.data import fingerprint, io
+from asanet_jax.data import fingerprint, io, specs
 
 
 class NotBuiltError(io.DataError):
@@ -23,7 +28,7 @@ def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
     """The builder class of one of our datasets, by TFDS name."""
     if name not in BUILDERS:
         raise KeyError(f"unknown dataset {name!r}; expected one of {list(BUILDERS)}")
-    module = importlib.import_module(f"tfds_builders.{name}.{name}_dataset_builder")
+    module = importlib.import_module(f"asanet_jax.tfds_builders.{name}.{name}_dataset_builder")
     return module.Builder
 
 
@@ -144,3 +149,73 @@ def open_split(data_dir, name: str, split: str, config: str | None = None):
             f"available: {sorted(builder.info.splits)}"
         )
     return builder.as_data_source(split), builder.info
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A split of a built dataset: random-access records plus the dataset's spec."""
+
+    records: object
+    spec: specs.DatasetSpec
+    name: str
+    split: str
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _recorded_spec(info) -> specs.DatasetSpec:
+    spec_dict = info.metadata.get("spec") if info.metadata else None
+    if spec_dict is None:
+        raise io.DataError(f"{info.data_dir}: dataset has no recorded spec; rebuild it")
+    return specs.DatasetSpec.from_dict(dict(spec_dict))
+
+
+def open_source(data_dir, name: str, split: str | None = None, config: str | None = None) -> Source:
+    """Open `split` (default: the dataset's evaluation split) of a built dataset."""
+    if split is None:
+        builder = tfds.builder_from_directory(str(builder_dir(data_dir, name, config)))
+        split = _recorded_spec(builder.info).eval_split
+    records, info = open_split(data_dir, name, split, config)
+    if len(records) == 0:
+        raise io.DataError(f"{info.data_dir}: split {split!r} is empty")
+    return Source(records, _recorded_spec(info), name, split)
+
+
+def open_or_build(data, split: str | None = None, *, sync=lambda name: None) -> Source:
+    """The split of ``config.data``'s dataset (default: its evaluation split), building the
+    dataset first when it is missing and can be built (synthetic data, or a source folder
+    in ``data.manual_dir``). In a multi-host run only process 0 builds; ``sync`` is the
+    barrier the others wait at.
+    """
+    import jax
+
+    try:
+        return open_source(data.data_dir, data.name, split, data.tfds_config)
+    except NotBuiltError as missing:
+        if data.manual_dir is None and data.name != "synthetic_rgb_sar":
+            raise io.DataError(
+                f"{missing}; or set --config.data.manual_dir to the source dataset"
+            ) from None
+        if jax.process_index() == 0:
+            build(data.name, data.data_dir, data.manual_dir, config=data.tfds_config)
+        sync("dataset built")
+    return open_source(data.data_dir, data.name, split, data.tfds_config)
+
+
+class _Subset:
+    def __init__(self, records, indices):
+        self.records, self.indices = records, list(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.records[self.indices[i]]
+
+
+def subset(source: Source, count: int) -> Source:
+    """The first `count` examples of a split (e.g. for a quick look in a notebook)."""
+    if not 0 < count <= len(source):
+        raise ValueError(f"count={count}; {source.name}/{source.split} has {len(source)}")
+    return dataclasses.replace(source, records=_Subset(source.records, range(count)))

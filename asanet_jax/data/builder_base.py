@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from asanet_jax.data import fingerprint, io, specs
 
@@ -52,6 +54,14 @@ class RgbSarBuilder(tfds.core.GeneratorBasedBuilder):
     SAR_BANDS: tuple[int, ...] = (1, 3)
     # Folders and files of the manual directory that the build reads.
     SOURCE_PARTS: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # TFDS looks for a builder's README and CITATIONS.bib under its package's path
+        # inside the top-level package; ours install as asanet_jax.tfds_builders from the
+        # tfds_builders/ folder, so the folder is given here.
+        module = sys.modules[cls.__module__]
+        cls.pkg_dir_path = epath.Path(module.__file__).parent
 
     def __init__(self, *, check_georeference: bool = True, **kwargs):
         self.check_georeference = check_georeference

@@ -10,7 +10,7 @@ import pathlib
 
 import numpy as np
 
-from asanet_jax.data import specs
+from asanet_jax.labels import IGNORE
 
 # An arbitrary UTM zone and 10 m pixels: enough for CRS/transform round-trip checks.
 FAKE_CRS = "EPSG:32650"
@@ -65,7 +65,7 @@ def random_label(rng, shape, num_classes: int, ignore_fraction: float = 0.0) -> 
     cells = rng.integers(0, num_classes, size=(-(-shape[0] // 8), -(-shape[1] // 8)))
     label = np.kron(cells, np.ones((8, 8), np.int64))[: shape[0], : shape[1]].astype(np.uint8)
     if ignore_fraction:
-        label[rng.random(shape) < ignore_fraction] = specs.IGNORE_INDEX
+        label[rng.random(shape) < ignore_fraction] = IGNORE
     return label
 
 
@@ -105,9 +105,8 @@ def write_whu(root, train: list[str], test: list[str], shape=(600, 1100), seed: 
     for i, scene in enumerate(train + test):
         transform = fake_transform(x0=500000.0 + 20000.0 * i)
         optical = rng.integers(0, 256, (*shape, 4), np.uint8)
-        # RGB photometric with an extra band: OpenCV then decodes bands 1-3 as colour and
-        # drops the 4th, the behaviour DESIGN.md records for the real scenes. (A 4-band
-        # MINISBLACK file would instead be read as premultiplied alpha.)
+        # RGB photometric with an untagged extra band: OpenCV decodes bands 1-3 as colour
+        # and drops the 4th (docs/design.md, section 5, for alpha-tagged files).
         write_geotiff(
             root / "optical" / f"{scene}.tif", optical, transform=transform, photometric="RGB"
         )

@@ -45,6 +45,7 @@ import pathlib
 import numpy as np
 
 from asanet_jax.data import io, specs
+from asanet_jax.labels import IGNORE
 
 SPEC_FILE = "rgb_sar_folder.json"
 SCALINGS = ("none", "db_range", "percentile")
@@ -62,7 +63,7 @@ class FolderSpec:
     optical_suffix: str = ".tif"
     sar_suffix: str = ".tif"
     label_suffix: str = ".tif"
-    ignore_index: int = specs.IGNORE_INDEX
+    ignore_index: int = IGNORE
     label_nodata: float | None = None
     label_map: dict | None = None
     optical_bands: tuple[int, ...] | None = None

@@ -13,59 +13,15 @@ Evaluation shards the split by stride: host h reads examples h, h+n, h+2n, ...
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import os
-import pathlib
 
 import grain
 import jax
 import numpy as np
 
-from asanet_jax.data import build, io, specs, transforms
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """A split of a built dataset: random-access records plus the dataset's spec."""
-
-    records: object
-    spec: specs.DatasetSpec
-    name: str
-    split: str
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-
-def open_source(data_dir, name: str, split: str, config: str | None = None) -> Source:
-    """Open `split` of the built dataset `name` under `data_dir`."""
-    records, info = build.open_split(data_dir, name, split, config)
-    spec_dict = info.metadata.get("spec") if info.metadata else None
-    if spec_dict is None:
-        raise io.DataError(f"{info.data_dir}: dataset has no recorded spec; rebuild it")
-    if len(records) == 0:
-        raise io.DataError(f"{info.data_dir}: split {split!r} is empty")
-    return Source(records, specs.DatasetSpec.from_dict(dict(spec_dict)), name, split)
-
-
-class _Subset:
-    def __init__(self, records, indices):
-        self.records, self.indices = records, list(indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.records[self.indices[i]]
-
-
-def subset(source: Source, count: int) -> Source:
-    """The first `count` examples of a split (e.g. for a quick look in a notebook)."""
-    if not 0 < count <= len(source):
-        raise ValueError(f"count={count}; {source.name}/{source.split} has {len(source)}")
-    return dataclasses.replace(source, records=_Subset(source.records, range(count)))
+from asanet_jax.data import io, transforms
+from asanet_jax.data.build import Source
 
 
 def check_process(process_index: int, process_count: int) -> None:
@@ -172,12 +128,3 @@ def global_batch(local: dict, sharding: jax.sharding.Sharding) -> dict:
         for k, v in local.items()
         if k != "file_name"
     }
-
-
-def save_state(iterator: grain.DatasetIterator, path: pathlib.Path) -> None:
-    """Write the iterator's position (JSON) so training can resume from it."""
-    path.write_text(json.dumps(iterator.get_state()))
-
-
-def restore_state(iterator: grain.DatasetIterator, path: pathlib.Path) -> None:
-    iterator.set_state(json.loads(path.read_text()))

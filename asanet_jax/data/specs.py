@@ -1,6 +1,6 @@
 """What each dataset is: classes, palette, normalisation and the official recipe's settings.
 
-Channel conventions (DESIGN.md section 3): the official loaders decode with OpenCV, so the
+Channel conventions (docs/design.md, section 5): the official loaders decode with OpenCV, so the
 optical stream receives the first three bands of the file in reverse order (B,G,R for an
 RGB file), and single-band SAR is replicated to three channels. `optical_bands` and
 `sar_bands` say which stored bands feed the model, in model channel order; the means and
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-IGNORE_INDEX = 255
+from asanet_jax.labels import IGNORE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +30,7 @@ class DatasetSpec:
     # OpenCV colour decoding, as the official loaders: see `opencv_color_bands`.
     optical_bands: tuple[int, ...] | None = None
     sar_bands: tuple[int, ...] | None = None
-    ignore_index: int = IGNORE_INDEX
+    ignore_index: int = IGNORE
     crop_size: tuple[int, int] = (256, 256)
     # RandomResize target scale (long, short) before the ratio; official (1024, 256) at 256.
     train_scale: tuple[int, int] = (1024, 256)

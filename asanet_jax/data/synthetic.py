@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import cv2
 import numpy as np
+
+from asanet_jax.noise import smooth_noise
 
 FIELD, URBAN, ROAD, WATER, FOREST, BARE = range(6)
 
@@ -38,19 +39,6 @@ class Scene:
     sar: np.ndarray  # (H, W, 1) uint8
     label: np.ndarray  # (H, W) uint8 class ids
     cloud_fraction: float  # share of pixels more than half covered by cloud
-
-
-def smooth_noise(rng, size: int, cells: int, octaves: int = 1) -> np.ndarray:
-    """Fractal value noise in [0, 1]: bilinear-upsampled random grids, halving amplitude."""
-    total = np.zeros((size, size), np.float32)
-    amplitude, norm = 1.0, 0.0
-    for octave in range(octaves):
-        n = cells * 2**octave + 1
-        grid = rng.random((n, n), dtype=np.float32)
-        total += amplitude * cv2.resize(grid, (size, size), interpolation=cv2.INTER_LINEAR)
-        norm += amplitude
-        amplitude /= 2
-    return total / norm
 
 
 def land_cover(rng, size: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Per-example preprocessing, as the official mmseg pipelines do it (DESIGN.md section 3).
+"""Per-example preprocessing, as the official mmseg pipelines do it (docs/design.md, section 6).
 
 Training: RandomResize by a ratio of the target scale (keep ratio), RandomCrop with the
 75% category limit, horizontal and vertical flips, normalisation, then padding to the

@@ -19,7 +19,8 @@ F32 = jnp.float32
 class SFM(nnx.Module):
     """Semantic Focusing Module.
 
-    ``rgb' = rgb + rgb * sigmoid(f(maxpool(rgb - sar)))`` and symmetrically for SAR,
+    ``optical' = optical + optical * sigmoid(f(maxpool(optical - sar)))`` and
+    symmetrically for SAR,
     with ONE shared ``f`` = 1x1 conv C->max(32, C//16) -> exact GELU -> 1x1 conv ->C.
     maxpool is a global max over H, W. Inputs and outputs: two (B, H, W, C) arrays.
     The official ``sconv.0`` / ``sconv.2`` are ``fc1`` / ``fc2`` here.
@@ -37,10 +38,10 @@ class SFM(nnx.Module):
         s = jnp.max(diff, axis=(1, 2), keepdims=True).astype(F32)
         return self.fc2(torch_ops.gelu(self.fc1(s)))
 
-    def __call__(self, rgb: jax.Array, sar: jax.Array) -> tuple[jax.Array, jax.Array]:
-        attn_rgb = jax.nn.sigmoid(self.focus(rgb - sar).astype(F32)).astype(rgb.dtype)
-        attn_sar = jax.nn.sigmoid(self.focus(sar - rgb).astype(F32)).astype(sar.dtype)
-        return rgb + rgb * attn_rgb, sar + sar * attn_sar
+    def __call__(self, optical: jax.Array, sar: jax.Array) -> tuple[jax.Array, jax.Array]:
+        attn_opt = jax.nn.sigmoid(self.focus(optical - sar).astype(F32)).astype(optical.dtype)
+        attn_sar = jax.nn.sigmoid(self.focus(sar - optical).astype(F32)).astype(sar.dtype)
+        return optical + optical * attn_opt, sar + sar * attn_sar
 
 
 class PooledConvBN(nnx.Module):
@@ -93,8 +94,9 @@ class PooledMLP(nnx.Module):
 class CFM(nnx.Module):
     """Cascade Fusion Module: two normed (B, H, W, C) streams -> one (B, H, W, C) map.
 
-    ``g = avgpool(catconv1([rgb, sar]))`` (computed as ``catconv1(avgpool(...))``);
-    ``w1 = rgb * sigmoid(mlp1(g))``, ``w2 = sar * sigmoid(mlp2(g))``; ``c = catconv2([w1, w2])``;
+    ``g = avgpool(catconv1([optical, sar]))`` (computed as ``catconv1(avgpool(...))``);
+    ``w1 = optical * sigmoid(mlp1(g))``, ``w2 = sar * sigmoid(mlp2(g))``;
+    ``c = catconv2([w1, w2])``;
     ``out = w1 * softmax_C(fc1(c)) + w2 * softmax_C(fc2(c))`` (softmax over channels).
     """
 
@@ -111,10 +113,10 @@ class CFM(nnx.Module):
         self.fc1 = conv(channels, channels, 1, dtype=dtype, rngs=rngs)
         self.fc2 = conv(channels, channels, 1, dtype=dtype, rngs=rngs)
 
-    def __call__(self, rgb: jax.Array, sar: jax.Array) -> jax.Array:
-        pooled = jnp.concatenate([rgb, sar], axis=-1).astype(F32).mean((1, 2), keepdims=True)
+    def __call__(self, optical: jax.Array, sar: jax.Array) -> jax.Array:
+        pooled = jnp.concatenate([optical, sar], axis=-1).astype(F32).mean((1, 2), keepdims=True)
         g = self.catconv1(pooled)  # == avgpool(catconv1(concat)), see __init__
-        w1 = rgb * jax.nn.sigmoid(self.mlp1(g)).astype(rgb.dtype)
+        w1 = optical * jax.nn.sigmoid(self.mlp1(g)).astype(optical.dtype)
         w2 = sar * jax.nn.sigmoid(self.mlp2(g)).astype(sar.dtype)
         c = self.catconv2(jnp.concatenate([w1, w2], axis=-1))
         a1 = jax.nn.softmax(self.fc1(c).astype(F32), axis=-1).astype(w1.dtype)
@@ -123,7 +125,7 @@ class CFM(nnx.Module):
 
 
 class SumFusion(nnx.Module):
-    """The paper's "PWA" ablation: ``rgb + sar`` (official ``SimpleFusionModule``)."""
+    """The paper's "PWA" ablation: ``optical + sar`` (official ``SimpleFusionModule``)."""
 
-    def __call__(self, rgb: jax.Array, sar: jax.Array) -> jax.Array:
-        return rgb + sar
+    def __call__(self, optical: jax.Array, sar: jax.Array) -> jax.Array:
+        return optical + sar

@@ -1,12 +1,14 @@
 """The official optimiser: AdamW with stage-wise learning-rate decay and weight-decay
-exemptions, under linear warm-up then poly decay (DESIGN.md section 4).
+exemptions, under linear warm-up then poly decay (docs/design.md, section 6).
 
-Parameter groups are decided on the official PyTorch names and shapes, through the
-converter's mapping table, so they are exactly the official groups whatever our own
-variable layout is: no weight decay on 1-D parameters and biases; learning-rate scale
-decay ** (num_layers - 1 - id) with id 0 for the downsample layers of both streams,
-i + 1 for stage i blocks, and num_layers - 1 for everything else (stage norms, SFM, CFM,
-heads); with decay 0.9 and 8 layers that is 0.9 ** (7 - id).
+Parameter groups are rules over our own parameter paths (big_vision's way), tested to
+equal the official mmseg groups for every parameter of the paper's model:
+
+- learning-rate scale ``layer_decay ** (NUM_LAYERS - 1 - id)``, where id is 0 for the
+  downsample layers (stem included) of every stream, ``i + 1`` for the blocks of stage
+  ``i``, and ``NUM_LAYERS - 1`` for everything else (stage norms, SFM, CFM, heads); with
+  decay 0.9 and 8 layers that is ``0.9 ** (7 - id)``;
+- no weight decay on 1-D parameters (norm scales, GRN, BatchNorm) and biases.
 """
 
 from __future__ import annotations
@@ -19,37 +21,39 @@ import ml_collections
 import optax
 from flax import nnx
 
-from asanet_jax.convert import layout, mapping
-from asanet_jax.models.config import ModelSpec
-
 NUM_LAYERS = 8  # ids 0..7: downsample (0), stages 0..3 (1..4), rest (7)
-BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+# (pattern over our parameter path, layer id or a function of the match); first match wins.
+LAYER_RULES = (
+    (r"(optical|sar)\.downsample_layers\..+", lambda m: 0),
+    (r"(optical|sar)\.stages\.(\d+)\..+", lambda m: int(m[2]) + 1),
+    (r".+", lambda m: NUM_LAYERS - 1),
+)
 
 
-def official_layer_id(torch_key: str) -> int:
-    """Stage id of an official parameter name (mmseg stage-wise decay for ConvNeXt)."""
-    m = re.match(r"backbone\.(?:backbone2?\.)?(downsample_layers|stages)\.(\d+)\.", torch_key)
-    if m is None:
-        return NUM_LAYERS - 1
-    return 0 if m.group(1) == "downsample_layers" else int(m.group(2)) + 1
+def layer_id(path: str) -> int:
+    """The stage id of one of our parameter paths (``optical.stages.2.0.norm.scale`` -> 3)."""
+    for pattern, rule in LAYER_RULES:
+        if m := re.fullmatch(pattern, path):
+            return rule(m)
+    raise AssertionError("the last rule matches every path")
 
 
-def official_decays(torch_key: str, shape: tuple[int, ...]) -> bool:
-    """mmseg: no weight decay for 1-D parameters and biases."""
-    return not (len(shape) == 1 or torch_key.endswith(".bias"))
+def decays(path: str, shape: tuple[int, ...]) -> bool:
+    """Weight decay applies to every parameter but 1-D ones and biases."""
+    return not (len(shape) == 1 or path.endswith(".bias"))
 
 
-def parameter_groups(spec: ModelSpec, layer_decay: float) -> dict[str, tuple[float, bool]]:
-    """Our parameter path -> (learning-rate scale, weight decay on?), for every parameter."""
-    rules = mapping.segmentor_rules(spec.streams)
-    groups = {}
-    for key, shape, _ in layout.official_layout(spec):
-        mapped = mapping.map_key(key, rules)
-        if mapped is None or mapped.leaf.torch in BUFFERS:
-            continue
-        scale = layer_decay ** (NUM_LAYERS - 1 - official_layer_id(key))
-        groups[mapped.flax_path] = (scale, official_decays(key, shape))
-    return groups
+def parameter_groups(params: nnx.State, layer_decay: float) -> tuple[nnx.State, nnx.State]:
+    """(learning-rate scale, weight decay on?) for every parameter, as two trees like
+    `params` (an nnx.State of nnx.Param)."""
+
+    scales = jax.tree_util.tree_map_with_path(
+        lambda p, _: layer_decay ** (NUM_LAYERS - 1 - layer_id(_path_name(p))), params
+    )
+    decay_mask = jax.tree_util.tree_map_with_path(
+        lambda p, v: decays(_path_name(p), v.shape), params
+    )
+    return scales, decay_mask
 
 
 def warmup_poly_schedule(
@@ -69,16 +73,6 @@ def warmup_poly_schedule(
     return schedule
 
 
-def _tree_of(state: nnx.State, groups: dict, index: int, path_of) -> nnx.State:
-    def pick(path, _):
-        name = path_of(path)
-        if name not in groups:
-            raise KeyError(f"parameter {name} has no official counterpart for grouping")
-        return groups[name][index]
-
-    return jax.tree_util.tree_map_with_path(pick, state)
-
-
 def _path_name(path) -> str:
     """'optical.stages.0.0.norm.scale' from a pytree path (the Variable's .value dropped)."""
     parts = [k for k in path if not isinstance(k, jax.tree_util.GetAttrKey)]
@@ -86,12 +80,10 @@ def _path_name(path) -> str:
 
 
 def make_optimizer(
-    params: nnx.State, spec: ModelSpec, optim: ml_collections.ConfigDict, total_steps: int
+    params: nnx.State, optim: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with the official groups over `params` (an nnx.State of nnx.Param)."""
-    groups = parameter_groups(spec, optim.layer_decay)
-    scales = _tree_of(params, groups, 0, _path_name)
-    decay_mask = _tree_of(params, groups, 1, _path_name)
+    scales, decay_mask = parameter_groups(params, optim.layer_decay)
     schedule = warmup_poly_schedule(
         optim.lr, optim.warmup_steps, total_steps, optim.warmup_factor, optim.power
     )

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
+import signal
+import sys
+import threading
 import time
 
 import jax
@@ -18,12 +22,15 @@ import optax
 from flax import nnx
 
 from asanet_jax import checkpointing, files, inference, metrics
-from asanet_jax.data import build, io, pipeline, transforms
+from asanet_jax.convert import imagenet
+from asanet_jax.data import build, pipeline, transforms
 from asanet_jax.losses import segmentation_loss
 from asanet_jax.models.asanet import WEIGHTS, ASANet
 from asanet_jax.models.config import resolve
 from asanet_jax.train import optimizer, sharding
 from asanet_jax.train import workdir as workdirs
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(ValueError):
@@ -39,22 +46,6 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def open_data(config: ml_collections.ConfigDict, split: str) -> pipeline.Source:
-    """The split, building the dataset first when it is missing and can be built."""
-    d = config.data
-    try:
-        return pipeline.open_source(d.data_dir, d.name, split, d.tfds_config)
-    except build.NotBuiltError as missing:
-        if d.manual_dir is None and d.name != "synthetic_rgb_sar":
-            raise io.DataError(
-                f"{missing}; or set --config.data.manual_dir to the source dataset"
-            ) from None
-        if jax.process_index() == 0:
-            build.build(d.name, d.data_dir, d.manual_dir, config=d.tfds_config)
-        _sync("dataset built")
-    return pipeline.open_source(d.data_dir, d.name, split, d.tfds_config)
-
-
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -64,11 +55,11 @@ def _sync(name: str) -> None:
 
 def create_state(config, mesh, tx_factory) -> tuple[TrainState, object, optax.Schedule]:
     """Model and optimiser state, created directly with their shardings on the mesh."""
-    spec = resolve(config.model)
+    model_config = resolve(config.model)
     seed = config.train.seed
 
     def make():
-        return ASANet(spec, rngs=nnx.Rngs(seed))
+        return ASANet(model_config, rngs=nnx.Rngs(seed))
 
     abstract = nnx.eval_shape(make)
     abstract.train()
@@ -78,60 +69,40 @@ def create_state(config, mesh, tx_factory) -> tuple[TrainState, object, optax.Sc
     state_shardings = sharding.tree_shardings(abstract_state, mesh)
     if config.train.init_from:
         model = make()
-        init_streams(model, config.train.init_from)
+        imagenet.init_from(model, config.train.init_from, log=log.info)
         state = jax.device_put(nnx.state(model), state_shardings)
     else:
         state = jax.jit(lambda: nnx.state(make()), out_shardings=state_shardings)()
     params = nnx.state(nnx.merge(graphdef, state), nnx.Param)
-    tx, schedule = tx_factory(params, spec)
+    tx, schedule = tx_factory(params)
     opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh)
     opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     return TrainState(graphdef, eval_graphdef, state, opt_state), tx, schedule
 
 
-def init_streams(model: ASANet, path) -> None:
-    """Initialise every backbone stream of `model` in place from ImageNet weights: a raw
-    ConvNeXt V2 checkpoint (mmpretrain, FAIR or timm .pth/.safetensors) or a model
-    directory written by `convert_torch_weights.py --kind imagenet`."""
-    from asanet_jax.convert import imagenet, official
+def make_train_step(train_state: TrainState, tx, model_config, aux_weight: float, mesh):
+    """The jitted step (state, opt_state, batch) -> (state, opt_state, metrics); explicit
+    shardings in and out, so every call reuses one compilation; state buffers donated.
 
-    path = pathlib.Path(path)
-    if not path.is_dir():
-        report = imagenet.load_imagenet_backbone(model, path)
-        print(
-            f"initialised {', '.join(model.spec.streams)} stream(s) from {path}: {report['format']}"
-        )
-        return
-    source, _, _ = checkpointing.load_model(path)
-    given = official.flat_weights(source)
-    streams = tuple(f"{s}." for s in ("optical", "sar") if getattr(model, s) is not None)
-    values = {k: np.asarray(v[...]) for k, v in given.items() if k.startswith(streams)}
-    if not values:
-        raise TrainingError(f"{path}: holds no backbone weights for streams {streams}")
-    try:
-        official.set_weights(model, values)
-    except ValueError as e:
-        raise TrainingError(f"{path}: backbone does not fit config.model: {e}") from None
-    print(f"initialised {len(values)} backbone tensors from {path}")
-
-
-def make_train_step(train_state: TrainState, tx, spec, aux_weight: float, mesh):
-    """The jitted step (state, opt_state, batch) -> (state, opt_state, losses); explicit
-    shardings in and out, so every call reuses one compilation; state buffers donated."""
+    Metrics: the loss and its parts, and the global L2 norms of the gradients and of the
+    parameters after the update (fetched at log steps only).
+    """
     graphdef = train_state.graphdef
 
     def step(state, opt_state, batch):
         model = nnx.merge(graphdef, state)
 
         def loss_fn(m):
-            out = m(*inference.stream_inputs(spec, batch["optical"], batch["sar"]))
+            out = m(*inference.stream_inputs(model_config, batch["optical"], batch["sar"]))
             return segmentation_loss(out, batch["label"].astype(jnp.int32), aux_weight)
 
         (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         params = nnx.state(model, nnx.Param)
         updates, opt_state = tx.update(grads, opt_state, params)
-        nnx.update(model, optax.apply_updates(params, updates))
-        return nnx.state(model), opt_state, {"loss": loss, **parts}
+        params = optax.apply_updates(params, updates)
+        nnx.update(model, params)
+        norms = {"grad_norm": global_norm(grads), "param_norm": global_norm(params)}
+        return nnx.state(model), opt_state, {"loss": loss, **parts, **norms}
 
     shardings = (
         jax.tree.map(lambda x: x.sharding, train_state.state),
@@ -146,7 +117,17 @@ def make_train_step(train_state: TrainState, tx, spec, aux_weight: float, mesh):
     )
 
 
-def make_eval_step(train_state: TrainState, spec, mesh):
+def global_norm(tree) -> jax.Array:
+    """The L2 norm of all leaves, scaled by the largest magnitude first: a zero-padded
+    crop can give stem gradients of 1e19, whose squares overflow float32 (optax's
+    global_norm reports inf there)."""
+    leaves = [jnp.asarray(x, jnp.float32) for x in jax.tree.leaves(tree)]
+    peak = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
+    scale = jnp.where(peak > 0, peak, 1.0)
+    return scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in leaves))
+
+
+def make_eval_step(train_state: TrainState, mesh):
     """(state, confusion, batch) -> confusion with this batch's pixels added."""
     graphdef = train_state.eval_graphdef
 
@@ -165,8 +146,10 @@ def make_eval_step(train_state: TrainState, spec, mesh):
     )
 
 
-def evaluate(train_state, eval_step, source, num_classes, batch_size, mesh) -> dict:
-    """Whole-image evaluation of a split; one confusion matrix over all hosts' shards."""
+def evaluate_split(train_state, eval_step, source, num_classes, batch_size, mesh) -> dict:
+    """Whole-image evaluation of a split, sharded over the mesh during training; one
+    confusion matrix over all hosts' shards (``evaluation.evaluate`` is the standalone
+    evaluation with sliding windows and TTA)."""
     confusion = jax.device_put(
         np.zeros((num_classes, num_classes), np.int32), sharding.replicated(mesh)
     )
@@ -176,7 +159,7 @@ def evaluate(train_state, eval_step, source, num_classes, batch_size, mesh) -> d
     it = iter(batches)
     for _ in range(steps):
         batch = next(it, None)
-        batch = _pad_eval_batch(batch, local, source, spec=source.spec)
+        batch = _pad_eval_batch(batch, local, source)
         confusion = eval_step(
             train_state.state,
             confusion,
@@ -185,9 +168,10 @@ def evaluate(train_state, eval_step, source, num_classes, batch_size, mesh) -> d
     return metrics.summarize(np.asarray(jax.device_get(confusion)), source.spec.classes)
 
 
-def _pad_eval_batch(batch, size, source, spec):
+def _pad_eval_batch(batch, size, source):
     """Pad a short (or missing) last batch to `size` with ignore-labelled blanks, so every
     host contributes an equally shaped slice of the global batch."""
+    spec = source.spec
     if batch is None:
         record = transforms.eval_example(source.records[0], spec)
         batch = {k: np.zeros((0, *np.shape(v)), np.asarray(v).dtype) for k, v in record.items()}
@@ -237,7 +221,7 @@ def prepare_workdir(workdir: pathlib.Path, config, overwrite: bool) -> None:
             )
         if jax.process_index() == 0:
             removed = workdirs.clear_finished_run(workdir)
-            print(f"--config.train.overwrite: removed {', '.join(removed)} from {workdir}")
+            log.info("--config.train.overwrite: removed %s from %s", ", ".join(removed), workdir)
     _sync("workdir checked")
     if jax.process_index() == 0:
         files.write_text(workdir / workdirs.CONFIG, config.to_json_best_effort(indent=2) + "\n")
@@ -252,7 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
     """
     workdir = pathlib.Path(workdir)
     sharding.maybe_initialize_distributed(config.distributed)
-    spec = resolve(config.model)  # every check before anything is written
+    model_config = resolve(config.model)  # every check before anything is written
     mesh = sharding.make_mesh(config.mesh)
     check_settings(config, mesh)
     lock = workdirs.Lock(workdir)
@@ -269,7 +253,7 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
             raise TrainingError(str(failure)) from None
         raise TrainingError(f"process 0 could not lock the work directory {workdir}")
     try:
-        return _train(config, workdir, spec, mesh, stop_after)
+        return _train(config, workdir, model_config, mesh, stop_after)
     finally:
         lock.release()
 
@@ -283,19 +267,19 @@ def _agree_failed(failed: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
 
 
-def _train(config, workdir: pathlib.Path, spec, mesh, stop_after: int | None) -> dict:
+def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | None) -> dict:
     from tqdm import tqdm
 
     prepare_workdir(workdir, config, config.train.overwrite)
 
-    train_source = open_data(config, "train")
+    train_source = build.open_or_build(config.data, "train", sync=_sync)
     data_spec = train_source.spec
-    if data_spec.num_classes != spec.num_classes:
+    if data_spec.num_classes != model_config.num_classes:
         raise TrainingError(
             f"dataset {data_spec.name} has {data_spec.num_classes} classes but "
-            f"config.model.num_classes is {spec.num_classes}"
+            f"config.model.num_classes is {model_config.num_classes}"
         )
-    eval_source = open_data(config, data_spec.eval_split)
+    eval_source = build.open_or_build(config.data, data_spec.eval_split, sync=_sync)
     steps = config.train.steps
     augment = transforms.Augment.for_spec(data_spec, flip_sar=config.data.flip_sar)
     dataset = pipeline.train_dataset(
@@ -306,25 +290,25 @@ def _train(config, workdir: pathlib.Path, spec, mesh, stop_after: int | None) ->
         num_threads=config.data.num_threads,
     )
 
-    def tx_factory(params, spec):
-        return optimizer.make_optimizer(params, spec, config.optim, config.optim.total_steps)
+    def tx_factory(params):
+        return optimizer.make_optimizer(params, config.optim, config.optim.total_steps)
 
     train_state, tx, schedule = create_state(config, mesh, tx_factory)
     ckpt = checkpointing.TrainCheckpoints(workdir, config.train.keep_checkpoints)
     data_iter = iter(dataset)
     start = 0
-    restored = ckpt.restore_latest(train_state.state, train_state.opt_state, log=print)
+    restored = ckpt.restore_latest(train_state.state, train_state.opt_state, log=log.warning)
     if restored is not None:
         start, train_state.state, train_state.opt_state, data_state = restored
         data_iter.set_state(data_state)
-        print(f"resumed from step {start} in {workdir}")
+        log.info("resumed from step %d in %s", start, workdir)
 
-    train_step = make_train_step(train_state, tx, spec, config.train.aux_weight, mesh)
-    eval_step = make_eval_step(train_state, spec, mesh)
+    train_step = make_train_step(train_state, tx, model_config, config.train.aux_weight, mesh)
+    eval_step = make_eval_step(train_state, mesh)
     batch_sharding = sharding.batch_sharding(mesh)
 
     def run_eval() -> dict:
-        return evaluate(
+        return evaluate_split(
             train_state,
             eval_step,
             eval_source,
@@ -348,61 +332,73 @@ def _train(config, workdir: pathlib.Path, spec, mesh, stop_after: int | None) ->
     # Throughput over the log intervals after the first (which holds the compilation),
     # evaluation and checkpointing excluded.
     timed_images, timed_seconds = 0, 0.0
-    for step in range(start, end):
-        batch = pipeline.global_batch(next(data_iter), batch_sharding)
-        train_state.state, train_state.opt_state, out = train_step(
-            train_state.state, train_state.opt_state, batch
-        )
-        pending.append((step, out))
-        done = step + 1
-        checkpoint_now = done % config.train.checkpoint_every == 0 or done == steps
-        eval_now = done % config.train.eval_every == 0 or done == steps
-        if done % config.train.log_every == 0 or checkpoint_now or eval_now or done == end:
-            # The only host sync of the loop: fetch the losses, check them, log.
-            fetched = jax.device_get(pending)
-            pending = []
-            for s, values in fetched:
-                if not all(np.isfinite(v) for v in values.values()):
-                    ckpt.wait()
-                    raise TrainingError(
-                        f"loss is {values['loss']} at step {s + 1}; stopping. The last good "
-                        f"checkpoint is step {ckpt.latest_step()} in {workdir / 'checkpoints'}"
-                    )
-            now = time.perf_counter()
-            rate = (done - tick_step) * config.train.batch_size / max(now - tick, 1e-9)
-            if tick_step > start:
-                timed_images += (done - tick_step) * config.train.batch_size
-                timed_seconds += now - tick
-            tick, tick_step = now, done
-            loss = fetched[-1][1]
-            if writer:
-                writer.add_scalar("train/loss", float(loss["loss"]), done)
-                writer.add_scalar("train/learning_rate", float(schedule(step)), done)
-                writer.add_scalar("train/images_per_s", rate, done)
-            bar.set_postfix(
-                loss=f"{float(loss['loss']):.4f}",
-                lr=f"{float(schedule(step)):.2e}",
-                img_s=f"{rate:.1f}",
+    with _StopOnInterrupt() as stop:
+        for step in range(start, end):
+            batch = pipeline.global_batch(next(data_iter), batch_sharding)
+            train_state.state, train_state.opt_state, out = train_step(
+                train_state.state, train_state.opt_state, batch
             )
-            bar.update(len(fetched))
-        if eval_now:
-            last_metrics = run_eval()
-            if writer:
-                for key in ("mIoU", "OA", "Kappa", "mF1"):
-                    writer.add_scalar(f"eval/{key}", last_metrics[key], done)
-            bar.write(
-                f"step {done}, {eval_source.name}/{eval_source.split}:\n"
-                + metrics.format_table(last_metrics)
-            )
-        if checkpoint_now or done == end:
-            data_state = data_iter.get_state()
-            ckpt.save(done, train_state.state, train_state.opt_state, data_state)
-            if eval_now:
-                ckpt.save_best(
-                    done, train_state.state, train_state.opt_state, data_state, last_metrics
+            pending.append((step, out))
+            done = step + 1
+            stopping = stop.requested
+            checkpoint_now = done % config.train.checkpoint_every == 0 or done == steps or stopping
+            eval_now = done % config.train.eval_every == 0 or done == steps
+            if done % config.train.log_every == 0 or checkpoint_now or eval_now or done == end:
+                # The only host sync of the loop: fetch the losses, check them, log.
+                fetched = jax.device_get(pending)
+                pending = []
+                for s, values in fetched:
+                    bad = [k for k, v in values.items() if not np.isfinite(v)]
+                    if bad:
+                        ckpt.wait()
+                        what = "loss" if "loss" in bad else bad[0]
+                        raise TrainingError(
+                            f"{what} is {values[what]} at step {s + 1}; stopping. The last good "
+                            f"checkpoint is step {ckpt.latest_step()} in {workdir / 'checkpoints'}"
+                        )
+                now = time.perf_counter()
+                rate = (done - tick_step) * config.train.batch_size / max(now - tick, 1e-9)
+                if tick_step > start:
+                    timed_images += (done - tick_step) * config.train.batch_size
+                    timed_seconds += now - tick
+                tick, tick_step = now, done
+                loss = fetched[-1][1]
+                if writer:
+                    for key, value in loss.items():  # loss, its parts, grad and param norms
+                        writer.add_scalar(f"train/{key}", float(value), done)
+                    writer.add_scalar("train/learning_rate", float(schedule(step)), done)
+                    writer.add_scalar("train/images_per_s", rate, done)
+                bar.set_postfix(
+                    loss=f"{float(loss['loss']):.4f}",
+                    grad_norm=f"{float(loss['grad_norm']):.3g}",
+                    lr=f"{float(schedule(step)):.2e}",
+                    img_s=f"{rate:.1f}",
                 )
-        if eval_now or checkpoint_now:
-            tick = time.perf_counter()
+                bar.update(len(fetched))
+            if eval_now:
+                last_metrics = run_eval()
+                if writer:
+                    for key in ("mIoU", "OA", "Kappa", "mF1"):
+                        writer.add_scalar(f"eval/{key}", last_metrics[key], done)
+                bar.write(
+                    f"step {done}, {eval_source.name}/{eval_source.split}:\n"
+                    + metrics.format_table(last_metrics)
+                )
+            if checkpoint_now or done == end:
+                data_state = data_iter.get_state()
+                ckpt.save(done, train_state.state, train_state.opt_state, data_state)
+                if eval_now:
+                    ckpt.save_best(
+                        done, train_state.state, train_state.opt_state, data_state, last_metrics
+                    )
+            if eval_now or checkpoint_now:
+                tick = time.perf_counter()
+            if stopping:
+                bar.close()
+                ckpt.wait()
+                ckpt.close()
+                log.warning("stopped at step %d; the same command resumes from there", done)
+                raise KeyboardInterrupt
     bar.close()
     ckpt.wait()
     ckpt.close()
@@ -427,6 +423,35 @@ def _train(config, workdir: pathlib.Path, spec, mesh, stop_after: int | None) ->
         )
     _sync("run finished")
     return last_metrics
+
+
+class _StopOnInterrupt:
+    """Ctrl-C during training: the first stops after the current step, with a checkpoint
+    there, so that no progress is lost; a second stops at once. Single-process runs only
+    (in a multi-host run every process would have to agree on the step)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\ninterrupt: stopping after this step with a checkpoint (Ctrl-C again stops now)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __enter__(self):
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _gather(tree):

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from asanet_jax.data import builder_base, io, specs
+from asanet_jax.labels import IGNORE
 
 TILE = 512
 DIVISION_FILE = "The division of the dataset.txt"
@@ -36,7 +37,7 @@ def tiles(height: int, width: int, tile: int = TILE) -> list[tuple[int, int]]:
 def map_label(raw: np.ndarray) -> np.ndarray:
     """0 -> ignore (255), 10..70 -> classes 0..6 (official: divide by 10, reduce zero label)."""
     label = (raw // 10).astype(np.int64) - 1
-    return np.where(label < 0, specs.IGNORE_INDEX, label).astype(np.uint8)
+    return np.where(label < 0, IGNORE, label).astype(np.uint8)
 
 
 def parse_division(path, scenes: set[str]) -> dict[str, list[str]]:

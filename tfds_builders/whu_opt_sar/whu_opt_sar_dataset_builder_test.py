@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from asanet_jax.tfds_builders.whu_opt_sar import whu_opt_sar_dataset_builder as whu
 
 from asanet_jax.data import build, fake_sources, io
-from tfds_builders.whu_opt_sar import whu_opt_sar_dataset_builder as whu
 
 TRAIN, TEST = ["NH49E001013", "NH49E001014"], ["NH49E009022"]
 SHAPE = (600, 1100)
