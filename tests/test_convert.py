@@ -7,17 +7,19 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import GOLDEN
+from conftest import GOLDEN, nhwc, rel_l2
 from flax import nnx
 
 from asanet_jax.convert import (
     CheckpointError,
     export_state_dict,
+    imagenet,
     load_imagenet_backbone,
     load_state_dict,
     load_torch_checkpoint,
+    read_state_dict,
 )
-from asanet_jax.convert.cli import write_state_dict
+from asanet_jax.convert.cli import convert_main, write_state_dict
 from asanet_jax.convert.layout import official_layout
 from asanet_jax.models import ASANet, resolve
 from asanet_jax.weights import flat_weights
@@ -170,7 +172,8 @@ np.savez({str(tmp_path / "back.npz")!r}, **export_state_dict(model))
 
 
 def _imagenet_file(golden_state, fmt, tmp_path, extra=None):
-    """The fixture's optical stream dressed as an ImageNet classifier checkpoint."""
+    """The fixture's optical stream dressed as an mmpretrain or FAIR ImageNet classifier
+    checkpoint (timm's format is tested with files timm wrote, below)."""
     prefix = "backbone.backbone."
     stream = {k[len(prefix) :]: v for k, v in golden_state.items() if k.startswith(prefix)}
     stream = {k: v for k, v in stream.items() if not k.startswith(("norm0", "norm1", "norm2"))}
@@ -180,7 +183,7 @@ def _imagenet_file(golden_state, fmt, tmp_path, extra=None):
             "head.fc.weight": np.zeros((10, 128), np.float32),
             "head.fc.bias": np.zeros(10, np.float32),
         }
-    elif fmt == "fair":
+    else:
         state = {}
         for k, v in stream.items():
             k = k.replace("depthwise_conv", "dwconv").replace("pointwise_conv", "pwconv")
@@ -191,44 +194,15 @@ def _imagenet_file(golden_state, fmt, tmp_path, extra=None):
             "head.weight": np.zeros((10, 128), np.float32),
             "head.bias": np.zeros(10, np.float32),
         }
-    else:
-        state = {}
-        for k, v in stream.items():
-            parts = k.split(".")
-            if k.startswith("downsample_layers.0."):
-                new = f"stem.{parts[2]}.{parts[3]}"
-            elif k.startswith("downsample_layers."):
-                new = f"stages.{parts[1]}.downsample.{parts[2]}.{parts[3]}"
-            elif k.startswith("norm3."):
-                new = f"head.norm.{parts[1]}"
-            else:
-                i, j, mod, leaf = parts[1], parts[2], parts[3], parts[4]
-                mod = {
-                    "depthwise_conv": "conv_dw",
-                    "norm": "norm",
-                    "pointwise_conv1": "mlp.fc1",
-                }.get(mod, mod)
-                mod = {"pointwise_conv2": "mlp.fc2", "grn": "mlp.grn"}.get(mod, mod)
-                leaf = (
-                    {"gamma": "weight", "beta": "bias"}.get(leaf, leaf)
-                    if mod == "mlp.grn"
-                    else leaf
-                )
-                new = f"stages.{i}.blocks.{j}.{mod}.{leaf}"
-            state[new] = v
-        state |= {
-            "head.fc.weight": np.zeros((10, 128), np.float32),
-            "head.fc.bias": np.zeros(10, np.float32),
-        }
     state.update(extra or {})
     tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-    wrapper = {"mmpretrain": "state_dict", "fair": "model", "timm": None}[fmt]
+    wrapper = {"mmpretrain": "state_dict", "fair": "model"}[fmt]
     path = tmp_path / f"{fmt}.pth"
-    torch.save({wrapper: tensors} if wrapper else tensors, path)
+    torch.save({wrapper: tensors}, path)
     return path
 
 
-@pytest.mark.parametrize("fmt", ["mmpretrain", "fair", "timm"])
+@pytest.mark.parametrize("fmt", ["mmpretrain", "fair"])
 def test_imagenet_weights_initialise_both_streams(golden_state, golden_model, fmt, tmp_path):
     path = _imagenet_file(golden_state, fmt, tmp_path)
     model = ASANet(MICRO, rngs=nnx.Rngs(7))
@@ -239,7 +213,6 @@ def test_imagenet_weights_initialise_both_streams(golden_state, golden_model, fm
         {
             "mmpretrain": ["head.fc.bias", "head.fc.weight"],
             "fair": ["head.bias", "head.weight"],
-            "timm": ["head.fc.bias", "head.fc.weight"],
         }[fmt]
     )
     assert {k.split(".", 1)[1] for k in report["left_at_init"]} == {
@@ -279,3 +252,124 @@ def test_imagenet_wrong_size_is_an_error(golden_state, tmp_path):
 def test_segmentor_given_as_imagenet_is_refused(golden_checkpoint):
     with pytest.raises(CheckpointError, match="use --kind official"):
         load_imagenet_backbone(ASANet(MICRO, rngs=nnx.Rngs(0)), golden_checkpoint)
+
+
+# timm's format, from files timm itself wrote (tests/fixtures/third_party/README.md).
+THIRD_PARTY = GOLDEN.parent / "third_party"
+TIMM_V2_FILES = [
+    "timm_convnextv2_convmlp.pth",  # atto..nano layout: MLP weights (out, in, 1, 1)
+    "timm_convnextv2_convmlp.safetensors",
+    "timm_convnextv2_linear.pth",  # tiny..huge layout, same values: MLP weights (out, in)
+]
+
+
+def _last_stage(stream, x_nhwc: np.ndarray) -> np.ndarray:
+    """The raw output of the stream's last stage (no output norm): timm's forward_features
+    for ConvNeXt V2 (its head.norm comes after pooling). (B, H, W, C) -> (B, H/32, W/32, C)."""
+    y = x_nhwc
+    for i in range(stream.num_stages):
+        y = stream.run_stage(i, y)
+    return np.asarray(y)
+
+
+def _assert_matches_timm(model, streams):
+    io = np.load(THIRD_PARTY / "timm_convnextv2_convmlp_io.npz")
+    x, expected = nhwc(io["input"]), nhwc(io["features"])
+    errors = {}
+    for stream in streams:
+        ours = _last_stage(getattr(model, stream), x)
+        assert ours.shape == expected.shape, (stream, ours.shape, expected.shape)
+        errors[stream] = rel_l2(ours, expected)
+    assert all(e < 1e-5 for e in errors.values()), errors
+    return errors
+
+
+@pytest.mark.parametrize("name", TIMM_V2_FILES)
+def test_timm_convnextv2_files_reproduce_timm_forward_features(name):
+    path = THIRD_PARTY / name
+    model = ASANet(MICRO, rngs=nnx.Rngs(7))
+    model.eval()
+    untouched = {k: np.asarray(v.get_value()) for k, v in flat_weights(model).items()}
+    report = load_imagenet_backbone(model, path)
+    assert report["format"] == "timm"
+    assert sorted(report["skipped"]) == ["head.fc.bias", "head.fc.weight"]
+    assert sorted(report["left_at_init"]) == sorted(
+        f"{s}.norm{i}.{p}" for s in ("optical", "sar") for i in range(3) for p in ("weight", "bias")
+    )
+    _assert_matches_timm(model, ("optical", "sar"))
+    state = read_state_dict(path)
+    for stream in (model.optical, model.sar):  # timm's head.norm is mmpretrain's norm3
+        np.testing.assert_array_equal(stream.norms[3].scale[...], state["head.norm.weight"])
+        np.testing.assert_array_equal(stream.norms[3].bias[...], state["head.norm.bias"])
+    for name, var in flat_weights(model).items():
+        if not name.startswith(("optical.", "sar.")):
+            np.testing.assert_array_equal(var.get_value(), untouched[name], err_msg=name)
+
+
+def test_timm_conv_mlp_file_through_the_cli_and_init_from(tmp_path):
+    """``convert_torch_weights.py --kind imagenet`` on timm's atto-layout file, then
+    ``init_from`` with the directory it wrote (and with the raw file)."""
+    out = tmp_path / "init"
+    source = THIRD_PARTY / "timm_convnextv2_convmlp.pth"
+    argv = ["--kind", "imagenet", "--torch_checkpoint", str(source), "--output", str(out)]
+    assert convert_main([*argv, "--set", "decoder_channels=32", "--set", "aux_channels=16"]) == 0
+    for src in (out, source):
+        model = ASANet(MICRO, rngs=nnx.Rngs(1))
+        model.eval()
+        imagenet.init_from(model, src, log=lambda _: None)
+        _assert_matches_timm(model, ("optical", "sar"))
+
+
+def test_conv_mlp_weight_that_is_not_1x1_is_refused():
+    state = read_state_dict(THIRD_PARTY / "timm_convnextv2_convmlp.pth")
+    state["stages.2.blocks.1.mlp.fc1.weight"] = np.zeros((256, 64, 3, 3), np.float32)
+    with pytest.raises(CheckpointError) as info:
+        imagenet.init_from_imagenet(ASANet(MICRO, rngs=nnx.Rngs(0)), state)
+    first = str(info.value).splitlines()[0]
+    assert "stages.2.blocks.1.mlp.fc1.weight" in first and "(256, 64, 3, 3)" in first
+    assert "(out, in, 1, 1)" in first
+
+
+def _first_line_and_count(error) -> tuple[str, int]:
+    lines = str(error).splitlines()
+    return lines[0], len(lines)
+
+
+def test_convnext_v1_file_is_named_in_the_first_line(tmp_path, capsys):
+    path = THIRD_PARTY / "timm_convnext_v1.pth"
+    for load in (
+        lambda: load_imagenet_backbone(ASANet(MICRO, rngs=nnx.Rngs(0)), path),
+        lambda: imagenet.init_from(ASANet(MICRO, rngs=nnx.Rngs(0)), path),
+    ):
+        with pytest.raises(CheckpointError) as info:
+            load()
+        first, count = _first_line_and_count(info.value)
+        assert first.startswith(f"{path}: looks like a ConvNeXt V1 checkpoint"), first
+        assert "'gamma'" in first and "no GRN" in first and "ConvNeXt V2" in first
+        assert count <= 2  # the reason, then one key as evidence
+    argv = ["--kind", "imagenet", "--torch_checkpoint", str(path), "--output", str(tmp_path / "o")]
+    assert convert_main(argv) == 1
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(f"error: {path}: looks like a ConvNeXt V1 checkpoint"), first
+    assert not (tmp_path / "o").exists()
+    # Given as an official segmentor (the default kind), the same reason.
+    assert convert_main(argv[2:]) == 1
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "not an ASANet checkpoint: it looks like a ConvNeXt V1 checkpoint" in first, first
+
+
+@pytest.mark.parametrize(
+    "keys, reason",
+    [
+        (["conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "fc.weight"], "ResNet"),
+        (["cls_token", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight"], "transformer"),
+        (["features.0.weight", "classifier.weight"], "no ConvNeXt V2 stem or stage keys"),
+    ],
+)
+def test_other_model_families_get_a_one_line_reason(keys, reason):
+    """Key names of other families (their values do not matter for the verdict)."""
+    state = {k: np.zeros((2, 2), np.float32) for k in keys}
+    with pytest.raises(CheckpointError) as info:
+        imagenet.init_from_imagenet(ASANet(MICRO, rngs=nnx.Rngs(0)), state)
+    first, count = _first_line_and_count(info.value)
+    assert reason in first and count <= 2, str(info.value)

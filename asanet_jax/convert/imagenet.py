@@ -7,11 +7,16 @@ Three formats are read and renamed to mmpretrain's backbone names first:
   GRN shaped (1, 1, 1, C), final ``norm``, ``head``), renamed as mmpretrain's own
   ``convnext_to_mmpretrain`` does (final ``norm`` -> ``norm3``);
 - timm (``stem``, ``stages.i.downsample``, ``stages.i.blocks.j.{conv_dw,mlp.fc1,
-  mlp.grn,mlp.fc2}``, ``head.norm`` -> ``norm3``, ``head.fc``).
+  mlp.grn,mlp.fc2}``, ``head.norm`` -> ``norm3``, ``head.fc``). timm builds its small
+  sizes (atto, femto, pico, nano) with ``conv_mlp=True``: their ``mlp.fc1/fc2`` weights
+  are 1x1 convolutions, (out, in, 1, 1), the same map as the (out, in) linear weights
+  of the other sizes, and are reshaped to those.
 
 Classifier keys are reported and skipped; any other key that does not fit is an
 error. The stage norms the classifier never had (``norm0..2``) stay at their
-initialisation, as in the official code, and are reported.
+initialisation, as in the official code, and are reported. A checkpoint of another
+model family (ConvNeXt V1, ResNet, ViT, Swin, Hugging Face transformers' layout) is
+refused with a first line that says what it looks like.
 """
 
 from __future__ import annotations
@@ -53,30 +58,134 @@ _HEAD = {
 }
 
 
-def detect_format(state: dict) -> str:
-    """'mmpretrain', 'fair' or 'timm', from the stem's key."""
-    if "backbone.downsample_layers.0.0.weight" in state:
-        if any(k.startswith("decode_head.") for k in state):
-            raise CheckpointError(
-                "this is a segmentor checkpoint, not an ImageNet backbone: use --kind official"
+# A ConvNeXt block's depthwise conv and layer scale in any of the three formats (and
+# mmpretrain's V1 too): FAIR ``stages.i.j.dwconv``, timm ``stages.i.blocks.j.conv_dw``,
+# mmpretrain ``backbone.stages.i.j.depthwise_conv``.
+_BLOCK = r"(?:backbone\.)?stages\.\d+\.(?:blocks\.)?\d+\."
+_BLOCK_DWCONV = _BLOCK + r"(?:dwconv|conv_dw|depthwise_conv)\.weight"
+_LAYER_SCALE = _BLOCK + r"gamma"
+_USE_V2 = (
+    "ASANet's streams are ConvNeXt V2; use a ConvNeXt V2 ImageNet checkpoint "
+    "(mmpretrain, FAIR or timm format)"
+)
+
+
+def _first(state: dict, pattern: str) -> str | None:
+    return next((k for k in state if re.fullmatch(pattern, k)), None)
+
+
+def foreign_family(state: dict) -> tuple[str, str] | None:
+    """(one-line reason saying what the checkpoint looks like and what to use instead,
+    one of its keys that shows it) when it is not a ConvNeXt V2 backbone in a format
+    read here, else None.
+
+    Told apart by keys alone: ConvNeXt V1 has the blocks of V2 but no GRN (and, in
+    the released weights, a layer-scale ``gamma`` per block); ResNets have
+    ``layerN.M.conv1``; Swin has relative position bias tables; ViTs a patch
+    embedding and attention blocks; Hugging Face transformers' ConvNeXt files name
+    their modules ``embeddings.patch_embeddings`` / ``encoder.stages.N.layers.M``.
+    """
+    has_grn = any(".grn." in k for k in state)
+    if key := _first(state, r"(?:convnext(?:v2)?\.)?embeddings\.patch_embeddings\.weight"):
+        hf = "Hugging Face transformers ConvNeXt {} checkpoint ('embeddings.patch_embeddings', "
+        hf += "'encoder.stages.N.layers.M' keys)"
+        if has_grn:  # the right model in a layout not read here
+            return (
+                f"looks like a {hf.format('V2')}, a layout this converter does not read: "
+                "use the same weights in mmpretrain, FAIR or timm format",
+                key,
             )
+        return f"looks like a {hf.format('V1')}: {_USE_V2}", key
+    what = None
+    if not has_grn and (key := _first(state, _BLOCK_DWCONV)):
+        gamma = _first(state, _LAYER_SCALE)
+        why = "layer-scale 'gamma' parameters, no GRN" if gamma else "no GRN parameters"
+        what, key = f"ConvNeXt V1 checkpoint ({why})", gamma or key
+    elif key := _first(state, r".*relative_position_bias_table"):
+        what = "Swin Transformer checkpoint (relative position bias tables)"
+    elif key := _first(state, r"(?:backbone\.)?layer[1-4]\.\d+\.conv1\.weight"):
+        what = "ResNet checkpoint ('layerN.M.conv1' residual blocks)"
+    elif (key := _first(state, r"(?:backbone\.)?patch_embed\.proj(?:ection)?\.weight")) and any(
+        ".attn." in k for k in state
+    ):
+        what = "vision transformer checkpoint (patch embedding, attention blocks)"
+    return (f"looks like a {what}: {_USE_V2}", key) if what else None
+
+
+def detect_format(state: dict) -> str:
+    """'mmpretrain', 'fair' or 'timm', from the stem's key.
+
+    Raises:
+      CheckpointError: a segmentor, a checkpoint of another model family or an unknown
+        layout; the first line says which, in one line.
+    """
+    if "backbone.downsample_layers.0.0.weight" in state and any(
+        k.startswith("decode_head.") for k in state
+    ):
+        raise CheckpointError(
+            "this is a segmentor checkpoint, not an ImageNet backbone: use --kind official"
+        )
+    if "backbone.backbone.downsample_layers.0.0.weight" in state:
+        raise CheckpointError(
+            "this is an ASANet segmentor checkpoint, not an ImageNet backbone: use --kind official"
+        )
+    if family := foreign_family(state):
+        reason, key = family
+        raise CheckpointError(
+            f"{reason}\n"
+            f"  for example {key} {tuple(np.shape(state[key]))}, one of its {len(state)} keys"
+        )
+    if "backbone.downsample_layers.0.0.weight" in state:
         return "mmpretrain"
     if "downsample_layers.0.0.weight" in state and "stages.0.0.dwconv.weight" in state:
         return "fair"
     if "stem.0.weight" in state and "stages.0.blocks.0.conv_dw.weight" in state:
         return "timm"
-    if "backbone.backbone.downsample_layers.0.0.weight" in state:
-        raise CheckpointError(
-            "this is an ASANet segmentor checkpoint, not an ImageNet backbone: use --kind official"
-        )
     raise CheckpointError(
-        "not a ConvNeXt V2 ImageNet checkpoint in mmpretrain, FAIR or timm format "
-        f"(first keys: {', '.join(list(state)[:3])})"
+        "no ConvNeXt V2 stem or stage keys found: not a ConvNeXt V2 ImageNet checkpoint in "
+        "mmpretrain ('backbone.downsample_layers.0.0.weight'), FAIR "
+        "('stages.0.0.dwconv.weight') or timm ('stages.0.blocks.0.conv_dw.weight') format "
+        f"(first of its {len(state)} keys: {', '.join(list(state)[:3])})"
     )
 
 
+def _pointwise_as_linear(key: str, value: np.ndarray) -> np.ndarray:
+    """A block's MLP weight as a linear layer's, (out, in).
+
+    timm's ``conv_mlp=True`` sizes store it as a 1x1 convolution, (out, in, 1, 1): the
+    same map, so only the two unit dims go. Any other 4-D kernel is not pointwise.
+    """
+    shape = tuple(np.shape(value))
+    if len(shape) != 4:
+        return value  # (out, in), or a wrong shape the layout check reports
+    if shape[2:] != (1, 1):
+        raise CheckpointError(
+            f"{key}: shape {shape}: expected a pointwise MLP weight, (out, in) or a 1x1 "
+            "convolution (out, in, 1, 1)"
+        )
+    return value.reshape(shape[:2])
+
+
+def _grn_as_vector(key: str, value: np.ndarray) -> np.ndarray:
+    """A GRN gamma/beta as (C,): FAIR stores (1, 1, 1, C) (channels-last broadcast), a
+    channels-first GRN would be (1, C, 1, 1); timm 1.0 and mmpretrain store (C,)."""
+    shape = tuple(np.shape(value))
+    if sum(d != 1 for d in shape) > 1:
+        raise CheckpointError(
+            f"{key}: shape {shape}: expected one GRN value per channel, (C,), (1, 1, 1, C) "
+            "or (1, C, 1, 1)"
+        )
+    return value.reshape(-1)
+
+
 def to_mmpretrain_names(state: dict[str, np.ndarray]) -> tuple[dict, list[str], str]:
-    """(backbone tensors under mmpretrain's relative names, skipped head keys, format)."""
+    """(backbone tensors under mmpretrain's relative names and shapes, skipped head keys,
+    format). MLP weights come out (out, in) and GRN gamma/beta (C,) whatever the format.
+
+    Raises:
+      CheckpointError: see ``detect_format``; keys of no ConvNeXt V2 backbone or
+        classifier; an MLP or GRN tensor of a shape no format stores.
+    """
     fmt = detect_format(state)
     renames = {"mmpretrain": _MMPRETRAIN_RENAMES, "fair": _FAIR_RENAMES, "timm": _TIMM_RENAMES}
     out, skipped, unknown = {}, [], []
@@ -87,16 +196,18 @@ def to_mmpretrain_names(state: dict[str, np.ndarray]) -> tuple[dict, list[str], 
         for pattern, template in renames[fmt]:
             if m := re.fullmatch(pattern, key):
                 new = m.expand(template)
-                if fmt == "fair" and new.endswith((".grn.gamma", ".grn.beta")):
-                    value = value.reshape(-1)  # FAIR stores GRN as (1, 1, 1, C)
+                if re.fullmatch(r"stages\.\d+\.\d+\.pointwise_conv[12]\.weight", new):
+                    value = _pointwise_as_linear(key, value)
+                elif re.fullmatch(r"stages\.\d+\.\d+\.grn\.(gamma|beta)", new):
+                    value = _grn_as_vector(key, value)
                 out[new] = value
                 break
         else:
             unknown.append(key)
     if unknown:
         raise CheckpointError(
-            f"{fmt} checkpoint: keys that belong to no ConvNeXt V2 backbone or classifier:\n"
-            + "\n".join(f"    {k}" for k in unknown[:40])
+            f"{fmt} checkpoint: {len(unknown)} keys that belong to no ConvNeXt V2 backbone "
+            "or classifier:\n" + "\n".join(f"    {k}" for k in unknown[:40])
         )
     return out, skipped, fmt
 

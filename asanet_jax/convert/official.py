@@ -67,6 +67,10 @@ def infer_model_config(
     """
     overrides = dict(overrides or {})
     if "decode_head.conv_seg.weight" not in state:
+        from asanet_jax.convert.imagenet import foreign_family  # imagenet imports this module
+
+        if family := foreign_family(state):
+            raise CheckpointError(f"not an ASANet checkpoint: it {family[0]}")
         if any(k.startswith(("backbone.stages.", "stages.", "stem.")) for k in state):
             raise CheckpointError(
                 "this is a ConvNeXt (ImageNet) backbone checkpoint, not a segmentor: "
