@@ -144,8 +144,10 @@ def _load_config_files(values) -> None:
     """Load config files now, so that a missing or broken one fails before any work."""
     for name in list(values):
         holder = values[name]
+        if "." in name or not holder.present:  # a field override, or an unset flag
+            continue
         path = getattr(holder, "config_filename", None)
-        if path is None or "." in name:
+        if path is None:
             continue
         file = path.partition(":")[0]
         if not pathlib.Path(file).is_file():

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from asanet_jax import files, inference, metrics
-from asanet_jax.data import build, specs, transforms
+from asanet_jax.data import build, preprocess, specs, transforms
 from asanet_jax.models import torch_ops
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,42 @@ def check_fits(model_config, dataset: specs.DatasetSpec) -> None:
         )
 
 
+PREPROCESSING = (
+    "optical_bands",
+    "sar_bands",
+    "sar_scaling",
+    "optical_mean",
+    "optical_std",
+    "sar_mean",
+    "sar_std",
+)
+
+
+def with_model_spec(source, model_spec: specs.DatasetSpec, where):
+    """`source` with the model's recorded spec, so that its images are prepared as the
+    model's training prepared them (a dataset rebuilt since may have other statistics).
+
+    Raises:
+      EvaluationError: the dataset's classes are not the model's.
+    """
+    data_spec = source.spec
+    if data_spec.classes != model_spec.classes:
+        raise EvaluationError(
+            f"{where} was trained on {model_spec.name} with classes {list(model_spec.classes)}, "
+            f"but {source.name} has {list(data_spec.classes)}"
+        )
+    differ = [f for f in PREPROCESSING if getattr(data_spec, f) != getattr(model_spec, f)]
+    if differ:
+        log.warning(
+            "%s: preparing %s as the model was trained, which differs from the dataset's "
+            "recorded %s",
+            where,
+            source.name,
+            ", ".join(differ),
+        )
+    return dataclasses.replace(source, spec=model_spec)
+
+
 def tta_probabilities(
     infer: Callable[[np.ndarray, np.ndarray], np.ndarray],
     optical_raw: np.ndarray,
@@ -75,10 +111,10 @@ def tta_probabilities(
     variants = 0
     for ratio in ratios:
         size = (int(h * ratio + 0.5), int(w * ratio + 0.5))
-        optical = transforms.normalise(
+        optical = preprocess.normalise(
             transforms.resize(optical_raw, size), spec.optical_mean, spec.optical_std
         )
-        sar = transforms.normalise(transforms.resize(sar_raw, size), spec.sar_mean, spec.sar_std)
+        sar = preprocess.normalise(transforms.resize(sar_raw, size), spec.sar_mean, spec.sar_std)
         for flipped in (False, True) if flip else (False,):
             o, s = (optical[:, ::-1], sar[:, ::-1]) if flipped else (optical, sar)
             logits = infer(np.ascontiguousarray(o)[None], np.ascontiguousarray(s)[None])
@@ -123,12 +159,12 @@ def evaluate(
         range(len(source)), desc=f"{source.name}/{source.split}", unit="img", disable=not progress
     ):
         record = source.records[i]
-        optical_raw, sar_raw = transforms.model_channels(record, spec)
+        optical_raw, sar_raw, _ = preprocess.model_bands(record["optical"], record["sar"], spec)
         if corrupt is not None:
             optical_raw, sar_raw = corrupt(optical_raw, sar_raw, i)
         example = {
-            "optical": transforms.normalise(optical_raw, spec.optical_mean, spec.optical_std),
-            "sar": transforms.normalise(sar_raw, spec.sar_mean, spec.sar_std),
+            "optical": preprocess.normalise(optical_raw, spec.optical_mean, spec.optical_std),
+            "sar": preprocess.normalise(sar_raw, spec.sar_mean, spec.sar_std),
             "label": record["label"],
         }
         if settings.tta:
@@ -137,9 +173,7 @@ def evaluate(
         else:
             logits = infer(example["optical"][None], example["sar"][None])
             pred = logits[0].argmax(-1)
-        confusion = update(
-            confusion, pred[None], example["label"][None], ignore_index=spec.ignore_index
-        )
+        confusion = update(confusion, pred[None], example["label"][None])
         if len(samples) < settings.keep_samples:
             samples.append((example, pred))
     confusion = np.asarray(confusion)

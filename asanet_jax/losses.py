@@ -32,15 +32,33 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNO
     return total / (jnp.sum(valid) + jnp.finfo(jnp.float32).eps)
 
 
-def segmentation_loss(outputs: dict, labels: jax.Array, aux_weight: float = 0.4) -> tuple:
+def segmentation_loss(
+    outputs: dict, labels: jax.Array, aux_weight: float = 0.4, replicas: int = 1
+) -> tuple:
     """Total loss and its parts from the model's output dict.
 
     Args:
       outputs: ``model(rgb, sar)``; uses ``decode_logits`` and, if present, ``aux_logits``.
       labels: (B, H, W) integer labels, 255 = ignore.
+      replicas: 1 takes each CE's mean over the batch's labelled pixels. N > 1 splits the
+        batch into N equal consecutive parts, takes each part's loss and averages them:
+        what the official N-GPU training optimises (each GPU's mean over its own labelled
+        pixels, gradients averaged by DDP). The two differ when the parts hold different
+        numbers of ignored pixels.
     Returns:
       (total, {'decode': ..., 'aux': ...}) scalars.
     """
+    if replicas > 1:
+        batch = labels.shape[0]
+        if batch % replicas:
+            raise ValueError(f"replicas={replicas} does not divide the batch of {batch}")
+
+        def split(x):
+            return x.reshape(replicas, batch // replicas, *x.shape[1:])
+
+        logits = {k: split(v) for k, v in outputs.items() if k in ("decode_logits", "aux_logits")}
+        per_part = jax.vmap(lambda o, y: segmentation_loss(o, y, aux_weight))(logits, split(labels))
+        return jax.tree.map(lambda x: jnp.mean(x, axis=0), per_part)
     size = labels.shape[1:3]
     parts = {
         "decode": cross_entropy(torch_ops.resize_bilinear(outputs["decode_logits"], size), labels)

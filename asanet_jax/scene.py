@@ -5,8 +5,13 @@ output are written as soon as no later window can touch them, so memory holds ab
 (window height + stride) x scene width pixels whatever the scene's height. The result
 equals sliding-window inference over the whole scene in memory (`inference.slide`).
 
+Raster values become model inputs exactly as in training (``preprocess.model_inputs``:
+the files' nodata values as missing, SAR scaling, band selection, normalisation). A
+percentile SAR stretch takes its limits from the whole scene, in a first pass over the
+SAR raster decimated to at most 2048 pixels a side.
+
 Output: a single-band uint8 GeoTIFF of class ids with the input's CRS and geotransform,
-255 as nodata (where the optical or SAR input has no data, or the label is ignore), the
+255 as nodata (where a band the model sees has no data), the
 class palette as its colour table; optionally a confidence raster (uint8, the top class
 probability x 255) and a PNG preview. Files are written under temporary names and
 renamed when complete.
@@ -22,7 +27,7 @@ import jax
 import numpy as np
 
 from asanet_jax import files, inference, visualize
-from asanet_jax.data import io, specs, transforms
+from asanet_jax.data import io, preprocess, specs
 from asanet_jax.labels import IGNORE
 
 NODATA = IGNORE  # label maps' nodata: where an input has no data
@@ -80,14 +85,8 @@ def open_scene(optical_path, sar_path, spec: specs.DatasetSpec) -> SceneInputs:
             f"optical and SAR are not co-registered: {op} has geotransform {tuple(otr)[:6]} "
             f"but {sp} has {tuple(str_)[:6]}"
         )
-    for field, selection, count, path in (
-        ("optical", spec.optical_bands, ocount, op),
-        ("sar", spec.sar_bands, scount, sp),
-    ):
-        try:
-            specs.model_bands(selection, count, field, str(path))
-        except ValueError as e:
-            raise io.DataError(str(e)) from e
+    preprocess.band_indices(spec.optical_bands, ocount, "optical", op)
+    preprocess.band_indices(spec.sar_bands, scount, "sar", sp)
     return SceneInputs(op, sp, oh, ow, ocrs, otr, onod, snod)
 
 
@@ -110,22 +109,32 @@ def check_outputs(outputs, inputs, overwrite: bool) -> None:
             raise io.DataError(f"{out}: the folder {out.absolute().parent} does not exist")
 
 
-def _read(path, window, nodata) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, bands) float32 and a (H, W) mask of pixels without data."""
+def _read(path, window, nodata, out_shape=None) -> np.ndarray:
+    """(H, W, bands) float32 of a window, the file's nodata value as NaN."""
     import rasterio
 
     with rasterio.open(path) as src:
-        data = np.moveaxis(src.read(window=window), 0, -1).astype(np.float32)
-    missing = ~np.isfinite(data).all(-1)
-    if nodata is not None and not np.isnan(nodata):
-        missing |= (data == nodata).all(-1)
-    return np.nan_to_num(data), missing
+        shape = None if out_shape is None else (src.count, *out_shape)
+        data = src.read(window=window, out_shape=shape)
+    return io.nodata_as_nan(io.Raster(np.moveaxis(data, 0, -1), nodata=nodata))
 
 
-def _model_inputs(optical, sar, spec):
-    record = {"optical": optical, "sar": sar, "label": np.zeros(optical.shape[:2], np.uint8)}
-    example = transforms.eval_example(record, spec)
-    return example["optical"][None], example["sar"][None]
+def scene_sar_limits(scene: SceneInputs, spec, max_side: int = 2048) -> np.ndarray | None:
+    """(bands, 2) limits of a percentile SAR stretch over the whole scene, from the SAR
+    raster decimated (nearest) to at most `max_side` pixels a side; None for the other
+    scalings. Training stretched each example by its own percentiles: a scene's are the
+    closest a window-by-window prediction can come to that."""
+    if spec.sar_scaling["kind"] != "percentile":
+        return None
+    factor = max(scene.height, scene.width) / max_side
+    shape = (
+        (max(1, round(scene.height / factor)), max(1, round(scene.width / factor)))
+        if factor > 1
+        else None
+    )
+    return preprocess.percentile_limits(
+        _read(scene.sar, None, scene.sar_nodata, shape), spec.sar_scaling
+    )
 
 
 def predict_scene(
@@ -153,6 +162,7 @@ def predict_scene(
             f"by {min_side}, so a scene must be at least {min_side}x{min_side}"
         )
     stride = stride or max(window * 2 // 3, 1)
+    sar_limits = scene_sar_limits(scene, spec)
     # Along a side shorter than the window, the window is the whole side; a scene within
     # one window is therefore whole-image inference.
     win = (min(window, scene.height), min(window, scene.width))
@@ -193,8 +203,14 @@ def predict_scene(
             )
             for i, y in enumerate(ys):
                 band = Window(0, y, scene.width, win[0])
-                optical, miss_o = _read(scene.optical, band, scene.optical_nodata)
-                sar, miss_s = _read(scene.sar, band, scene.sar_nodata)
+                o_in, s_in, band_missing = preprocess.model_inputs(
+                    _read(scene.optical, band, scene.optical_nodata),
+                    _read(scene.sar, band, scene.sar_nodata),
+                    spec,
+                    f"{scene.optical} / {scene.sar}",
+                    sar_limits,
+                )
+                o_in, s_in = o_in[None], s_in[None]
                 if acc is None:
                     top = y
                     acc = np.zeros((0, scene.width, k), np.float32)
@@ -206,8 +222,7 @@ def predict_scene(
                     cnt = np.concatenate([cnt, np.zeros((grow, scene.width, 1), np.float32)])
                     missing = np.concatenate([missing, np.zeros((grow, scene.width), bool)])
                 rows = slice(y - top, y - top + win[0])
-                missing[rows] |= miss_o | miss_s
-                o_in, s_in = _model_inputs(optical, sar, spec)
+                missing[rows] |= band_missing
                 for x in xs:
                     cols = slice(x, x + win[1])
                     acc[rows, cols] += np.asarray(predictor(o_in[:, :, cols], s_in[:, :, cols]))[0]

@@ -39,8 +39,8 @@ def prediction_panel(examples: list[dict], predictions: list[np.ndarray], spec) 
         tiles = [
             display_optical(ex["optical"], spec),
             display_sar(ex["sar"], spec),
-            colorize(ex["label"], spec.palette, spec.ignore_index),
-            colorize(pred, spec.palette, spec.ignore_index),
+            colorize(ex["label"], spec.palette),
+            colorize(pred, spec.palette),
         ]
         gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
         rows.append(np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1))

@@ -3,6 +3,7 @@
     python scripts/build_dataset.py pie_rgb_sar --data_dir ~/tensorflow_datasets \
         --manual_dir /data/PIE-RGB-SAR
     python scripts/build_dataset.py synthetic_rgb_sar --data_dir data --config tiny
+    python scripts/build_dataset.py rgb_sar_folder --data_dir data --manual_dir /data/my_fields
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ def main(argv=None) -> int:
         action="store_true",
         help="build although optical, SAR and label differ in CRS or geotransform",
     )
+    parser.add_argument(
+        "--allow_missing_scenes",
+        action="store_true",
+        help="whu_opt_sar: build the scenes of the division file that are on disk (a "
+        "deliberate subset) instead of refusing when some are missing",
+    )
     args = parser.parse_args(argv)
+    if args.allow_missing_scenes and args.name != "whu_opt_sar":
+        parser.error("--allow_missing_scenes applies to whu_opt_sar only")
     return cli.run(lambda: build_and_report(args))
 
 
@@ -42,6 +51,7 @@ def build_and_report(args) -> int:
         config=args.config,
         overwrite=args.overwrite,
         check_georeference=not args.accept_misaligned,
+        **({"allow_missing_scenes": True} if args.allow_missing_scenes else {}),
     )
     for split, info in builder.info.splits.items():
         print(f"{split}: {info.num_examples} examples")

@@ -1,13 +1,15 @@
 """Label a whole optical + SAR GeoTIFF scene with a trained model.
 
-    python scripts/predict.py --checkpoint runs/pie/model --dataset pie_rgb_sar \
+    python scripts/predict.py --checkpoint runs/pie/model \
         --optical scene_rgb.tif --sar scene_sar.tif --output scene_labels.tif \
         [--window 512 --stride 341 --confidence scene_conf.tif --preview scene.png]
 
---dataset names the dataset the model was trained on (its normalisation, band order and
-palette): a built-in name, or any dataset built under --data_dir (e.g. your
-rgb_sar_folder dataset). The scene is read window by window, so it may be far larger
-than memory. The output is a uint8 GeoTIFF of class ids (255 = no data) with the input's
+A model directory written by training (or by convert_torch_weights.py --dataset) records
+how raster values become its inputs (bands, SAR scaling, nodata, normalisation), its
+classes and palette, so it needs nothing else. An official .pth/.safetensors records
+none: name its dataset with --dataset (pie_rgb_sar, ddhr_sk, whu_opt_sar, or one built
+under --data_dir). The scene is read window by window, so it may be far larger than
+memory. The output is a uint8 GeoTIFF of class ids (255 = no data) with the input's
 CRS and geotransform and the class palette as colour table.
 """
 
@@ -18,30 +20,22 @@ import pathlib
 from absl import flags, logging
 
 import asanet_jax
-from asanet_jax import cli, evaluation, inference, scene
-from asanet_jax.data import build, io, specs
+from asanet_jax import cli, evaluation, inference, loading, scene
 
 flags.DEFINE_string("checkpoint", None, "Model directory or official .pth/.safetensors.")
 flags.DEFINE_string("optical", None, "Optical GeoTIFF.")
 flags.DEFINE_string("sar", None, "SAR GeoTIFF, co-registered with the optical one.")
 flags.DEFINE_string("output", None, "Output label GeoTIFF.")
-flags.DEFINE_string("dataset", "pie_rgb_sar", "Dataset the model was trained on.")
-flags.DEFINE_string("data_dir", None, "Where a non-built-in --dataset was built.")
+flags.DEFINE_string(
+    "dataset", None, "Dataset of a checkpoint that records none (default: the recorded one)."
+)
+flags.DEFINE_string("data_dir", None, "Where a --dataset that is not built in was built.")
 flags.DEFINE_integer("window", 512, "Window size in pixels.")
 flags.DEFINE_integer("stride", None, "Window stride (default: 2/3 of the window).")
 flags.DEFINE_string("confidence", None, "Optional confidence GeoTIFF (top probability x 255).")
 flags.DEFINE_string("preview", None, "PNG preview (default: <output>.png).")
 flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
 flags.mark_flags_as_required(["checkpoint", "optical", "sar", "output"])
-
-
-def dataset_spec(name: str, data_dir: str | None) -> specs.DatasetSpec:
-    if data_dir is not None:
-        return build.open_source(data_dir, name).spec
-    try:
-        return specs.get_spec(name)
-    except KeyError as e:
-        raise io.DataError(f"{e.args[0]}; for your own dataset pass --data_dir") from None
 
 
 def main(argv) -> int:
@@ -51,8 +45,8 @@ def main(argv) -> int:
     preview = f.preview or str(pathlib.Path(f.output).with_suffix(".png"))
     outputs = [f.output, preview] + ([f.confidence] if f.confidence else [])
     scene.check_outputs(outputs, inputs=[f.optical, f.sar], overwrite=f.overwrite)
-    spec = dataset_spec(f.dataset, f.data_dir)
-    model, _, _ = asanet_jax.load(f.checkpoint)
+    model, _, meta = asanet_jax.load(f.checkpoint)
+    spec = loading.model_dataset(meta, f.checkpoint, f.dataset, f.data_dir)
     evaluation.check_fits(model.config, spec)
     out = scene.predict_scene(
         inference.Predictor(model),

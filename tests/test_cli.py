@@ -160,3 +160,32 @@ def test_load_model_checks_config_against_weights(converted):
     assert config.dtype == "bfloat16" and model.config.dtype == "bfloat16"
     with pytest.raises(ModelCheckpointError, match="not a model checkpoint"):
         load_model_dir(converted / "weights")
+
+
+def test_dataset_flag_records_the_official_preprocessing(tmp_path):
+    from asanet_jax import loading
+
+    out = tmp_path / "pie"
+    run_script(
+        "convert_torch_weights.py",
+        *("--torch_checkpoint", GOLDEN / "checkpoint.pth", "--output", out),
+        *("--dataset", "pie_rgb_sar"),
+    )
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["tfds"] == {"name": "pie_rgb_sar", "config": None}
+    spec = loading.model_dataset(meta, out)  # what predict.py and eval.py use
+    # The official PIE config's normalisation (B, G, R order) and OpenCV decoding.
+    assert spec.optical_mean == (73.422, 89.751, 83.405)
+    assert spec.optical_std == (29.48, 26.953, 24.829)
+    assert spec.sar_mean == (84.869,) * 3 and spec.sar_std == (57.769,) * 3
+    assert spec.optical_bands is None and spec.sar_scaling == {"kind": "none"}
+    assert spec.classes[1] == "city" and len(spec.palette) == 6
+    # Weights of 6 classes are not WHU-OPT-SAR's 7: refused, nothing written.
+    proc = run_script(
+        "convert_torch_weights.py",
+        *("--torch_checkpoint", GOLDEN / "checkpoint.pth", "--output", tmp_path / "whu"),
+        *("--dataset", "whu_opt_sar"),
+        ok=False,
+    )
+    assert "the weights predict 6 classes but --dataset whu_opt_sar has 7" in proc.stderr
+    assert not (tmp_path / "whu").exists()

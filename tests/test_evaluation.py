@@ -13,7 +13,7 @@ import pytest
 from micro import micro_model
 
 from asanet_jax import checkpointing, evaluation, inference
-from asanet_jax.data import build, specs, transforms
+from asanet_jax.data import build, preprocess, specs, transforms
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -58,8 +58,8 @@ def test_tta_undoes_flips_and_scales():
         lambda o, s: image_as_logits(o, s), optical, optical, spec, (1.0,), flip=True
     )
     normalised = image_as_logits(
-        transforms.normalise(optical, spec.optical_mean, spec.optical_std),
-        transforms.normalise(optical, spec.sar_mean, spec.sar_std),
+        preprocess.normalise(optical, spec.optical_mean, spec.optical_std),
+        preprocess.normalise(optical, spec.sar_mean, spec.sar_std),
     )
     np.testing.assert_allclose(probs, jax.nn.softmax(normalised, -1), rtol=1e-5, atol=1e-6)
     # Several ratios: every variant is resized back to the input size before averaging.

@@ -14,7 +14,6 @@ NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "eval_col
 def run_notebook(tmp_path, monkeypatch, env: dict) -> tuple[str, list]:
     env = {
         "ASANET_DATA_DIR": str(tmp_path / "data"),  # not built yet: the notebook builds it
-        "ASANET_TFDS_CONFIG": "tiny",
         "ASANET_ROBUSTNESS_IMAGES": "2",
         "ASANET_WORKDIR": str(tmp_path / "run"),
         **env,
@@ -34,8 +33,14 @@ def run_notebook(tmp_path, monkeypatch, env: dict) -> tuple[str, list]:
 @pytest.mark.parametrize("source", ["official_pth_by_url", "demo_training"])
 def test_eval_notebook_executes(tmp_path, monkeypatch, source):
     if source == "official_pth_by_url":
-        env = {"ASANET_CHECKPOINT": (GOLDEN / "checkpoint.pth").as_uri()}
+        # An official file records no dataset: the notebook is told which.
+        env = {
+            "ASANET_CHECKPOINT": (GOLDEN / "checkpoint.pth").as_uri(),
+            "ASANET_DATASET": "synthetic_rgb_sar",
+            "ASANET_TFDS_CONFIG": "tiny",
+        }
     else:
+        # The demo model directory records its dataset (the tiny synthetic one).
         env = {"ASANET_CHECKPOINT": "", "ASANET_DEMO_VARIANT": "runlocal"}
     text, outputs = run_notebook(tmp_path, monkeypatch, env)
     assert "backend cpu, devices [CpuDevice(id=0)]" in text

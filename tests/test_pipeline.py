@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from asanet_jax.data import build, fake_sources, pipeline, specs, transforms
+from asanet_jax.data import build, fake_sources, pipeline, preprocess, specs, transforms
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_jpeg_and_four_band_tif_channels_match_opencv(tmp_path):
     build.build("ddhr_sk", tmp_path / "d1", manual_dir=ddhr)
     build.build("whu_opt_sar", tmp_path / "d2", manual_dir=whu)
     record = build.open_source(tmp_path / "d1", "ddhr_sk", "train").records[0]
-    optical, sar = transforms.model_channels(record, specs.DDHR_SK)
+    optical, sar, _ = preprocess.model_bands(record["optical"], record["sar"], specs.DDHR_SK)
     name = record["file_name"].decode()
     np.testing.assert_array_equal(optical, cv2.imread(str(ddhr / "GF2" / f"{name}.jpg")))
     np.testing.assert_array_equal(sar, cv2.imread(str(ddhr / "GF3" / f"{name}.jpg")))
@@ -79,7 +79,7 @@ def test_jpeg_and_four_band_tif_channels_match_opencv(tmp_path):
     record = next(
         r for r in (records[i] for i in range(len(records))) if r["file_name"] == b"A_000"
     )
-    optical, sar = transforms.model_channels(record, specs.WHU_OPT_SAR)
+    optical, sar, _ = preprocess.model_bands(record["optical"], record["sar"], specs.WHU_OPT_SAR)
     np.testing.assert_array_equal(optical, cv2.imread(str(whu / "optical" / "A.tif"))[:512, :512])
     np.testing.assert_array_equal(sar, cv2.imread(str(whu / "sar" / "A.tif"))[:512, :512])
 

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from micro import micro_model
 
-from asanet_jax import checkpointing, inference, scene
+from asanet_jax import checkpointing, inference, loading, scene
 from asanet_jax.data import fake_sources, io, specs, transforms
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -45,6 +45,9 @@ def write_scene(root, shape, crs="EPSG:32650", sar_crs=None, optical_bands=3):
 
 
 def in_memory(predict, optical, sar, window, stride):
+    """Inference on the whole scene in memory; where the optical image has no data (all
+    bands 0, its nodata value), both images are fed 0, as in training."""
+    sar = np.where((optical == 0).all(-1), 0, sar)
     ex = transforms.eval_example(
         {"optical": optical, "sar": sar[..., None], "label": np.zeros(sar.shape, np.uint8)}, SPEC
     )
@@ -120,15 +123,16 @@ def test_inputs_that_do_not_fit_are_clear_errors(predictor, tmp_path, kwargs, me
 
 
 def test_predict_script_and_its_error_messages(model, tmp_path):
-    checkpointing.save_model(tmp_path / "model", model)
-    write_scene(tmp_path, (80, 90))
+    # The model directory records its dataset, as training and --dataset conversion write it.
+    record = loading.dataset_record(SPEC, "synthetic_rgb_sar", "default")
+    checkpointing.save_model(tmp_path / "model", model, metadata=record)
+    checkpointing.save_model(tmp_path / "bare", model)  # records none
+    optical, sar = write_scene(tmp_path, (80, 90))
     cmd = [
         sys.executable,
         str(REPO / "scripts" / "predict.py"),
         "--checkpoint",
         str(tmp_path / "model"),
-        "--dataset",
-        "synthetic_rgb_sar",
         "--window",
         "64",
         "--optical",
@@ -141,6 +145,18 @@ def test_predict_script_and_its_error_messages(model, tmp_path):
     )
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (tmp_path / "o.png").is_file()
+    # Default stride: 2/3 of the window.
+    expected = in_memory(inference.Predictor(model), optical, sar, (64, 64), (42, 42)).argmax(-1)
+    expected[:5, :7] = scene.NODATA
+    with rasterio.open(tmp_path / "o.tif") as out:
+        np.testing.assert_array_equal(out.read(1), expected)
+    bare = [*cmd[:3], str(tmp_path / "bare"), *cmd[4:], "--output", str(tmp_path / "n.tif")]
+    refused = subprocess.run(bare, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1 and "does not record the dataset" in refused.stderr
+    named = subprocess.run(
+        [*bare, "--dataset", "synthetic_rgb_sar"], capture_output=True, text=True, timeout=600
+    )
+    assert named.returncode == 0, named.stderr[-2000:]
     fake_sources.write_geotiff(tmp_path / "sar.tif", np.zeros((80, 91), np.uint8))
     bad = subprocess.run(
         [*cmd, "--output", str(tmp_path / "b.tif")], capture_output=True, text=True, timeout=600

@@ -4,6 +4,7 @@ meshes, exact resume (also after SIGKILL), divergence handling, and metrics."""
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,12 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from micro import MICRO_MODEL
 
-from asanet_jax import metrics
+from asanet_jax import checkpointing, metrics
 from asanet_jax.convert import layout, mapping
 from asanet_jax.models.asanet import ASANet, count_params
 from asanet_jax.models.config import resolve
 from asanet_jax.train import optimizer, recipe, trainer
+
+THIRD_PARTY = pathlib.Path(__file__).parent / "fixtures" / "third_party"
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -126,17 +130,60 @@ def test_global_norm_does_not_overflow_where_squares_would():
     assert float(trainer.global_norm({"z": np.zeros(3, np.float32)})) == 0.0
 
 
-def mmengine_lr(step, base=1e-4, warmup=1500, total=80_000, start=1e-6):
-    """LinearLR(start_factor=1e-6, end=1500) then PolyLR(power=1, eta_min=0, end=80000)."""
-    if step < warmup:
-        return base * (start + (1 - start) * step / warmup)
-    return base * (1 - min(step - warmup, total - warmup) / (total - warmup))
+def test_schedule_is_mmengines_to_the_iteration():
+    """Against rates computed by mmengine's own LinearLR and PolyLR, stepped as its
+    ParamSchedulerHook steps them (tests/fixtures/third_party/make_mmengine_lr.py)."""
+    recorded = json.loads((THIRD_PARTY / "mmengine_lr.json").read_text())
+    assert recorded["start_factor"] == 1e-6
+    for case in recorded["cases"]:
+        schedule = optimizer.warmup_poly_schedule(
+            recorded["base_lr"], case["warmup"], case["total"], recorded["start_factor"]
+        )
+        for step, lr in case["lr"].items():
+            got = float(schedule(int(step)))
+            assert got == pytest.approx(lr, rel=1e-5, abs=1e-14), (case["warmup"], step)
 
 
-def test_schedule_matches_the_official_one():
-    schedule = optimizer.warmup_poly_schedule(1e-4, 1500, 80_000)
-    for step in (0, 1, 1499, 1500, 1501, 40_000, 79_999):
-        assert float(schedule(step)) == pytest.approx(mmengine_lr(step), rel=1e-5, abs=1e-14)
+def test_schedule_closed_form_warmup_3_end_12():
+    """mmengine's formula (total_iters = end - begin - 1) written out independently:
+    full rate at t = W - 1 = 2, zero at t = T - 1 = 11."""
+    schedule = optimizer.warmup_poly_schedule(1.0, 3, 12, 0.0)
+    expected = [0.0, 0.5, 1.0] + [(11 - t) / 8 for t in range(3, 12)]
+    np.testing.assert_allclose([float(schedule(t)) for t in range(12)], expected, atol=1e-7)
+    assert float(schedule(12)) == 0.0  # past the end stays at 0
+
+
+def test_loss_replicas_reproduce_the_official_per_gpu_averaging():
+    """Against torch: each of 2 'GPUs' takes decode CE + 0.4 aux CE (aux resized as mmseg
+    resizes it, bilinear, align_corners=False) over its own labelled pixels; DDP then
+    averages the two."""
+    import torch
+    import torch.nn.functional as F
+
+    from asanet_jax.losses import segmentation_loss
+
+    rng = np.random.default_rng(0)
+    decode = rng.normal(size=(4, 8, 8, 5)).astype(np.float32)
+    aux = rng.normal(size=(4, 4, 4, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, (4, 8, 8))
+    labels[:2][rng.random((2, 8, 8)) < 0.7] = 255  # the first GPU's images mostly ignored
+
+    def official_gpu(d, a, y):
+        d, a = (torch.from_numpy(x).permute(0, 3, 1, 2) for x in (d, a))
+        a = F.interpolate(a, size=y.shape[1:], mode="bilinear", align_corners=False)
+        y = torch.from_numpy(y).long()
+        return F.cross_entropy(d, y, ignore_index=255) + 0.4 * F.cross_entropy(
+            a, y, ignore_index=255
+        )
+
+    official = np.mean(
+        [float(official_gpu(decode[i : i + 2], aux[i : i + 2], labels[i : i + 2])) for i in (0, 2)]
+    )
+    outputs = {"decode_logits": jnp.asarray(decode), "aux_logits": jnp.asarray(aux)}
+    total, _ = segmentation_loss(outputs, jnp.asarray(labels), 0.4, replicas=2)
+    assert float(total) == pytest.approx(official, rel=1e-5)
+    one_mean, _ = segmentation_loss(outputs, jnp.asarray(labels), 0.4)
+    assert abs(float(one_mean) - official) > 1e-2  # the defaults differ on such a batch
 
 
 # --- metrics ------------------------------------------------------------------------------
@@ -343,12 +390,113 @@ def test_train_script_trains_on_a_pie_format_folder(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "final mIoU" in out.stdout
-    assert (tmp_path / "data" / "pie_rgb_sar" / "1.0.0" / "dataset_info.json").is_file()
+    assert (tmp_path / "data" / "pie_rgb_sar" / "2.0.0" / "dataset_info.json").is_file()
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(saved["per_class"]) == {"background", "city", "road", "water", "forest", "farmland"}
     # A second run into the finished directory is refused with a clear message.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 1 and "holds a finished run" in again.stderr
+
+
+MICRO_FLAGS = [
+    *(f"--config.model.{k}={v}".replace(" ", "") for k, v in MICRO_MODEL.items()),
+    "--config.data.num_threads=2",
+]
+
+
+def run_script(name, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_folder_config_trains_on_sentinel_chips_and_the_model_directory_alone_predicts(
+    tmp_path,
+):
+    """A user's own dataset in one command (built first, class count from the dataset);
+    then eval and predict from the model directory with no config and no dataset name."""
+    import rasterio
+
+    from asanet_jax import inference
+    from asanet_jax.data import build, fake_sources, specs, transforms
+
+    src = fake_sources.write_sentinel_folder(tmp_path / "chips", ["a", "b", "d"], ["c"], 32)
+    out = run_script(
+        "train.py",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config={REPO / 'configs' / 'folder.py'}:runlocal",
+        f"--config.data.manual_dir={src}",
+        f"--config.data.data_dir={tmp_path / 'data'}",
+        *MICRO_FLAGS,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    meta = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    assert meta["model"]["num_classes"] == 3  # from the dataset
+    assert meta["tfds"] == {"name": "rgb_sar_folder", "config": "s1s2_fields"}
+    source = build.open_source(tmp_path / "data", "rgb_sar_folder", "val")
+    # Bands, scaling, statistics, classes: the dataset's spec, as recorded in model.json.
+    assert specs.DatasetSpec.from_dict(meta["dataset"]) == source.spec
+    model_dir = tmp_path / "run" / "model"
+    evaluated = run_script(
+        "eval.py",
+        f"--checkpoint={model_dir}",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--out={tmp_path}",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["settings"]["dataset"] == (
+        "rgb_sar_folder"
+    )
+    # What the model predicts for chip c, through the builder and the pipeline.
+    model, _, _ = checkpointing.load_model_dir(tmp_path / "run" / "model")
+    example = transforms.eval_example(source.records[0], source.spec)
+    logits = inference.whole(
+        inference.Predictor(model), example["optical"][None], example["sar"][None]
+    )
+    expected = np.where(example["label"] == 255, 255, logits[0].argmax(-1))
+    del source
+    shutil.rmtree(tmp_path / "data")  # nothing but the model directory and the rasters
+    predicted = run_script(
+        "predict.py",
+        f"--checkpoint={model_dir}",
+        f"--optical={src / 'optical' / 'c.tif'}",
+        f"--sar={src / 'sar' / 'c.tif'}",
+        f"--output={tmp_path / 'c.tif'}",
+    )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    with rasterio.open(tmp_path / "c.tif") as dst:
+        got = dst.read(1)
+    # The label's own ignore pixel (5, 5) is a valid input pixel: predicted there.
+    expected[5, 5] = got[5, 5]
+    np.testing.assert_array_equal(got, expected)
+
+
+def folder_micro_config(data_dir, manual_dir):
+    config = load_config("folder", "runlocal")
+    config.data.data_dir, config.data.manual_dir = str(data_dir), str(manual_dir)
+    config.model.update(MICRO_MODEL)
+    config.data.num_threads = 2
+    config.train.steps = config.train.eval_every = 2
+    return config
+
+
+def test_the_same_data_with_ignore_100_or_255_trains_identically(tmp_path):
+    from asanet_jax.data import fake_sources
+
+    results = {}
+    for ignore in (100, 255):
+        src = fake_sources.write_sentinel_folder(
+            tmp_path / f"src{ignore}", ["a", "b"], ["c"], 32, ignore=ignore
+        )
+        config = folder_micro_config(tmp_path / f"data{ignore}", src)
+        results[ignore] = trainer.train(config, tmp_path / f"run{ignore}")
+    assert np.isfinite(results[100]["mIoU"]) and results[100] == results[255]
+    a, b = final_state(tmp_path / "run100"), final_state(tmp_path / "run255")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 @pytest.mark.parametrize("form", ["pth", "model_directory"])

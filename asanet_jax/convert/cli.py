@@ -10,14 +10,17 @@ import pathlib
 
 import numpy as np
 
-from asanet_jax import __version__, cli, files
+from asanet_jax import __version__, cli, files, loading
 from asanet_jax.checkpointing import check_replaceable, load_model_dir, save_model
 from asanet_jax.convert.imagenet import imagenet_arch, init_from_imagenet
 from asanet_jax.convert.mapping import MAPPING_VERSION
 from asanet_jax.convert.official import export_state_dict, load_state_dict
 from asanet_jax.convert.reader import CheckpointError, read_state_dict
+from asanet_jax.data import specs
 from asanet_jax.models.asanet import ASANet
 from asanet_jax.models.config import default_model_config, resolve
+
+OFFICIAL_DATASETS = ("pie_rgb_sar", "ddhr_sk", "whu_opt_sar")
 
 
 def sha256(path) -> str:
@@ -81,6 +84,16 @@ def convert(args) -> pathlib.Path:
     }
     if report is not None:
         metadata["imagenet_init"] = report | {"seed": args.seed}
+    if args.dataset is not None:
+        # The official preprocessing of the dataset the weights were trained on, so that
+        # prediction and evaluation need nothing else.
+        spec = specs.get_spec(args.dataset)
+        if spec.num_classes != model.config.num_classes:
+            raise CheckpointError(
+                f"{src}: the weights predict {model.config.num_classes} classes but "
+                f"--dataset {args.dataset} has {spec.num_classes} ({', '.join(spec.classes)})"
+            )
+        metadata.update(loading.dataset_record(spec, args.dataset))
     out = save_model(out, model, metadata=metadata, overwrite=args.overwrite)
     print(f"wrote {out}")
     narrowed = {d: n for d, n in dtypes.items() if d in ("float64", "float16", "bfloat16")}
@@ -123,6 +136,13 @@ def convert_main(argv=None) -> int:
         metavar="FIELD=VALUE",
         help="config.model field the weights do not record, e.g. --set modalities=sar "
         "or, for --kind imagenet, --set num_classes=7",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=OFFICIAL_DATASETS,
+        help="the dataset the official weights were trained on: records its official "
+        "preprocessing, classes and palette in the model directory, so that predict.py and "
+        "eval.py need nothing else",
     )
     p.add_argument("--seed", type=int, default=0, help="init seed of non-backbone parts")
     p.add_argument(

@@ -51,8 +51,19 @@ def build(
     unless `overwrite`, which removes that build (and nothing else) and builds anew.
     """
 
+    cls = builder_class(name)
+    derived = cls.config_for(manual_dir) if manual_dir is not None else None
+    if derived is not None:  # rgb_sar_folder: the config is the dataset's own name
+        given = getattr(config, "name", config)
+        if given not in (None, derived.name):
+            raise io.DataError(
+                f"{manual_dir}: its dataset description names the dataset {derived.name!r}, "
+                f"but config {given!r} was asked for"
+            )
+        config = derived
+
     def make():
-        return builder_class(name)(
+        return cls(
             data_dir=str(data_dir), file_format="array_record", config=config, **builder_kwargs
         )
 
@@ -159,6 +170,7 @@ class Source:
     spec: specs.DatasetSpec
     name: str
     split: str
+    config: str | None = None  # the TFDS builder config, when the builder has configs
 
     def __len__(self) -> int:
         return len(self.records)
@@ -179,7 +191,7 @@ def open_source(data_dir, name: str, split: str | None = None, config: str | Non
     records, info = open_split(data_dir, name, split, config)
     if len(records) == 0:
         raise io.DataError(f"{info.data_dir}: split {split!r} is empty")
-    return Source(records, _recorded_spec(info), name, split)
+    return Source(records, _recorded_spec(info), name, split, info.config_name or None)
 
 
 def open_or_build(data, split: str | None = None, *, sync=lambda name: None) -> Source:
@@ -190,8 +202,11 @@ def open_or_build(data, split: str | None = None, *, sync=lambda name: None) -> 
     """
     import jax
 
+    tfds_config = data.tfds_config
+    if tfds_config is None and data.manual_dir is not None:
+        tfds_config = getattr(builder_class(data.name).config_for(data.manual_dir), "name", None)
     try:
-        return open_source(data.data_dir, data.name, split, data.tfds_config)
+        return open_source(data.data_dir, data.name, split, tfds_config)
     except NotBuiltError as missing:
         if data.manual_dir is None and data.name != "synthetic_rgb_sar":
             raise io.DataError(
@@ -200,7 +215,7 @@ def open_or_build(data, split: str | None = None, *, sync=lambda name: None) -> 
         if jax.process_index() == 0:
             build(data.name, data.data_dir, data.manual_dir, config=data.tfds_config)
         sync("dataset built")
-    return open_source(data.data_dir, data.name, split, data.tfds_config)
+    return open_source(data.data_dir, data.name, split, tfds_config)
 
 
 class _Subset:

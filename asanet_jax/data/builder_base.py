@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from asanet_jax.data import fingerprint, io, specs
+from asanet_jax.labels import IGNORE
 
 
 def image_feature(dtype) -> tfds.features.Tensor:
@@ -40,7 +41,9 @@ def base_features(optical_dtype=np.uint8, sar_dtype=np.uint8, **extra) -> dict:
         "label": tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding="zlib"),
         "file_name": tfds.features.Text(),
         "crs": tfds.features.Text(),
-        "transform": tfds.features.Tensor(shape=(6,), dtype=np.float64),
+        # Encoded as bytes: TFDS would serialise a plain float tensor as float32, which
+        # moves a UTM northing above 8.4e6 m by up to 0.5 m.
+        "transform": tfds.features.Tensor(shape=(6,), dtype=np.float64, encoding="zlib"),
         **extra,
     }
 
@@ -70,6 +73,15 @@ class RgbSarBuilder(tfds.core.GeneratorBasedBuilder):
     def source_parts(self, root: pathlib.Path) -> list[str]:
         return list(self.SOURCE_PARTS)
 
+    @classmethod
+    def config_for(cls, manual_dir):
+        """The builder config that a build from `manual_dir` belongs to (None: the default)."""
+        return None
+
+    def data_root(self, manual_dir: pathlib.Path) -> pathlib.Path:
+        """The folder holding SOURCE_PARTS, given the --manual_dir (the same by default)."""
+        return manual_dir
+
     def dataset_spec(self) -> specs.DatasetSpec:
         return self.SPEC
 
@@ -91,6 +103,7 @@ class RgbSarBuilder(tfds.core.GeneratorBasedBuilder):
                 f"{path}: manual directory not found; pass --manual_dir pointing at the "
                 f"extracted {self.name} dataset (see tfds_builders/{self.name}/README.md)"
             )
+        path = self.data_root(path)
         self.info.metadata["source"] = fingerprint.fingerprint(path, self.source_parts(path))
         return path
 
@@ -125,7 +138,7 @@ class RgbSarBuilder(tfds.core.GeneratorBasedBuilder):
     ) -> dict:
         """One record; `label` must already hold class ids or the ignore value."""
         spec = self.dataset_spec()
-        valid = np.array([*range(spec.num_classes), spec.ignore_index])
+        valid = np.array([*range(spec.num_classes), IGNORE])
         io.check_label_values(label_path, label, valid)
         return {
             "optical": optical.data,

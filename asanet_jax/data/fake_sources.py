@@ -114,7 +114,87 @@ def write_whu(root, train: list[str], test: list[str], shape=(600, 1100), seed: 
         write_geotiff(root / "sar" / f"{scene}.tif", sar, transform=transform)
         label = random_label(rng, shape, 8) * 10
         write_geotiff(root / "lbl" / f"{scene}.tif", label, transform=transform)
-    text = "Training set:\n" + "\n".join(f"{s}.tif" for s in train)
-    text += "\n\nTest set:\n" + "\n".join(f"{s}.tif" for s in test) + "\n"
-    (root / WHU_DIVISION_FILE).write_text(text)
+    # The dataset's own format (tests/fixtures/whu holds the real file): CRLF, 'train:' and
+    # 'test:' headings, names with .tif, a blank line between the parts and at the end.
+    lines = ["train:", *(f"{s}.tif" for s in train), "", "test:", *(f"{s}.tif" for s in test), ""]
+    (root / WHU_DIVISION_FILE).write_bytes("".join(f"{line}\r\n" for line in lines).encode())
+    return root
+
+
+# A UTM zone far north, where float32 cannot hold a northing to the metre, and an origin
+# with more digits than float32 keeps.
+SENTINEL_CRS = "EPSG:32633"
+SENTINEL_ORIGIN = (500_000.123456789, 8_400_000.123456789)
+SENTINEL_CLASSES = ("crop", "forest", "water")
+
+
+def write_sentinel_folder(
+    root,
+    train: list[str],
+    val: list[str],
+    size: int = 32,
+    seed: int = 0,
+    name: str = "s1s2_fields",
+    ignore: int = -1,
+    **description,
+):
+    """A user's `rgb_sar_folder` dataset as Sentinel-1/-2 chips come.
+
+    - optical/<name>.tif: Sentinel-2, 13 bands (B1..B12 with B8A) of int16 reflectance
+      x 10000, nodata 0. Each chip has a 0 in band 1 (unused) at row 0, columns 0..3 (a
+      legitimate value: the pixel keeps its label), and in band 2 (used) at row 1,
+      columns 0..2 (no data: the pixel is missing).
+    - sar/<name>.tif: Sentinel-1 VV and VH backscatter in dB, float32, NaN as nodata
+      (row 2, columns 0..1); values reach beyond the dB ranges, to be clipped.
+    - label/<name>.tif: int16 class ids 0..2 with `ignore` (the file's nodata) at (5, 5).
+    - rgb_sar_folder.json: B2, B3, B4 (blue, green, red, the official models' channel
+      order) and VV, VH, VV, per-band dB ranges (VV -25..0, VH -32..-5), `description`
+      overriding any key.
+
+    Chips are georeferenced side by side along x from ``SENTINEL_ORIGIN`` (10 m pixels).
+    """
+    import json
+
+    from affine import Affine
+
+    rng = np.random.default_rng(seed)
+    root = pathlib.Path(root)
+    for i, chip in enumerate(train + val):
+        transform = Affine(
+            10.0, 0.0, SENTINEL_ORIGIN[0] + 10.0 * size * i, 0.0, -10.0, SENTINEL_ORIGIN[1]
+        )
+        optical = rng.integers(1, 10000, (size, size, 13)).astype(np.int16)
+        optical[0, :4, 0] = 0
+        optical[1, :3, 1] = 0
+        vv = rng.uniform(-30.0, 5.0, (size, size))
+        vh = rng.uniform(-36.0, -1.0, (size, size))
+        sar = np.stack([vv, vh], -1).astype(np.float32)
+        sar[2, :2] = np.nan
+        label = random_label(rng, (size, size), len(SENTINEL_CLASSES)).astype(np.int16)
+        label[5, 5] = ignore
+        for folder, data, nodata in (
+            ("optical", optical, 0),
+            ("sar", sar, np.nan),
+            ("label", label, ignore),
+        ):
+            write_geotiff(
+                root / folder / f"{chip}.tif",
+                data,
+                crs=SENTINEL_CRS,
+                transform=transform,
+                nodata=nodata,
+            )
+    (root / "train.txt").write_text("".join(f"{n}\n" for n in train))
+    (root / "val.txt").write_text("".join(f"{n}\n" for n in val))
+    spec = {
+        "name": name,
+        "splits": {"train": "train.txt", "val": "val.txt"},
+        "classes": list(SENTINEL_CLASSES),
+        "palette": [[255, 200, 0], [0, 128, 0], [0, 0, 255]],
+        "ignore_index": ignore,
+        "optical_bands": [2, 3, 4],
+        "sar_bands": [1, 2, 1],
+        "sar_scaling": {"kind": "db_range", "min": [-25.0, -32.0], "max": [0.0, -5.0]},
+    } | description
+    (root / "rgb_sar_folder.json").write_text(json.dumps(spec, indent=2) + "\n")
     return root

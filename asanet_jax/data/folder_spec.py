@@ -19,19 +19,26 @@ Example (every key shown; the optional ones with their defaults)::
       "optical_mean": null, "optical_std": null, "sar_mean": null, "sar_std": null
     }
 
+- `name`: the dataset's name (letters, digits, `_`, `.`, `-`); it is the TFDS config the
+  build is stored under, so several user datasets live side by side in one data_dir.
 - `splits` maps split name -> a text file listing example names (file stems), one per line.
-- `label_nodata`: a label value meaning "no label" (mapped to ignore); null takes the
-  label file's own nodata value, if any.
+- `ignore_index`: the label value that means "no label" in your label files (any
+  integer, e.g. -1); `label_nodata`: another such value, null to take the label file's own
+  nodata value. Both become 255, the library's ignore value, when the dataset is built.
 - `label_map`: {"source value": class id} applied before checking labels; null = identity.
-- `optical_bands` / `sar_bands`: stored bands feeding the model's three channels, in model
-  order; null = OpenCV colour decoding as the official loaders (1 band replicated; 3 or
-  more: first three reversed).
-- `sar_scaling`: how SAR values become the stored values, recorded with the dataset:
-  `{"kind": "none"}` keeps them; `{"kind": "db_range", "min": a, "max": b}` maps a..b dB
-  linearly to 0..255 and clips outside; `{"kind": "percentile", "low": p, "high": q}`
-  stretches each image's p-th..q-th percentile to 0..255 and clips outside.
-- `nodata`: what a pixel with no optical or SAR value (NaN, or the file's nodata value)
-  does: "ignore" sets its label to ignore and its image values to 0; "error" stops.
+- `optical_bands` / `sar_bands`: the stored bands feeding the model's three channels, in
+  model order, numbered from 1 as GDAL and rasterio number them (a 13-band Sentinel-2 file
+  in band order B1..B12: [2, 3, 4] is B2, B3, B4, blue, green, red, the B, G, R order the
+  official models were fed); null = OpenCV colour decoding as the official loaders (1
+  band replicated; 3 or more: the first three reversed).
+- `sar_scaling`: how SAR values are scaled when read (``preprocess.py``):
+  `{"kind": "none"}`; `{"kind": "db_range", "min": a, "max": b}` maps a..b dB to 0..255
+  and clips, with a and b numbers or lists of one value per stored SAR band (e.g. VV
+  -25..0, VH -32..-5: `"min": [-25, -32], "max": [0, -5]`); `{"kind": "percentile", "low":
+  p, "high": q}` stretches each image's (when predicting: each scene's) p-th..q-th
+  percentile to 0..255.
+- `nodata`: what a pixel does when a band the model sees has no value (NaN, or the file's
+  nodata value): "ignore" sets its label to ignore and feeds the model 0; "error" stops.
 - Normalisation statistics (model channel order); null ones are computed on the train
   split at build time and recorded.
 """
@@ -41,14 +48,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 
 import numpy as np
 
-from asanet_jax.data import io, specs
+from asanet_jax.data import io, preprocess
+from asanet_jax.data.specs import tuplify
 from asanet_jax.labels import IGNORE
 
 SPEC_FILE = "rgb_sar_folder.json"
-SCALINGS = ("none", "db_range", "percentile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,15 +87,11 @@ class FolderSpec:
 
     def __post_init__(self):
         where = f"{SPEC_FILE} ({self.name!r})"
-        kind = self.sar_scaling.get("kind")
-        if kind not in SCALINGS:
-            raise ValueError(f"{where}: sar_scaling.kind={kind!r}; expected one of {SCALINGS}")
-        need = {"db_range": ("min", "max"), "percentile": ("low", "high")}.get(kind, ())
-        missing = [k for k in need if k not in self.sar_scaling]
-        if missing:
-            raise ValueError(f"{where}: sar_scaling {kind!r} needs {missing}")
-        if need and not self.sar_scaling[need[0]] < self.sar_scaling[need[1]]:
-            raise ValueError(f"{where}: sar_scaling needs {need[0]} < {need[1]}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(self.name)):
+            raise ValueError(
+                f"{where}: name={self.name!r}; expected letters, digits, '_', '.' or '-'"
+            )
+        preprocess.check_scaling(self.sar_scaling, where)
         if self.nodata not in ("ignore", "error"):
             raise ValueError(f"{where}: nodata={self.nodata!r}; expected 'ignore' or 'error'")
         if not self.splits:
@@ -96,9 +100,20 @@ class FolderSpec:
             raise ValueError(
                 f"{where}: {len(self.palette)} palette colours for {len(self.classes)} classes"
             )
-        if not 0 <= self.ignore_index <= 255 or self.ignore_index < len(self.classes):
+        for field in ("optical_bands", "sar_bands"):
+            bands = getattr(self, field)
+            if bands is not None and any(int(b) < 1 for b in bands):
+                raise ValueError(
+                    f"{where}: {field} {list(bands)}: band numbers start at 1, as GDAL and "
+                    "rasterio number bands (asanet-jax 0.1 counted from 0: add 1 to each)"
+                )
+        mapped = set(map(int, self.label_map)) if self.label_map else set()
+        if int(self.ignore_index) in mapped:
+            raise ValueError(f"{where}: ignore_index={self.ignore_index} is also in label_map")
+        if not self.label_map and 0 <= int(self.ignore_index) < len(self.classes):
             raise ValueError(
-                f"{where}: ignore_index={self.ignore_index}; expected {len(self.classes)}..255"
+                f"{where}: ignore_index={self.ignore_index} is a class id; expected a value "
+                f"outside 0..{len(self.classes) - 1}"
             )
 
     @classmethod
@@ -125,15 +140,22 @@ class FolderSpec:
         if absent:
             raise io.DataError(f"{path}: missing required keys {absent}")
         try:
-            return cls(**{k: specs.tuplify(v) if k != "splits" else v for k, v in raw.items()})
+            return cls(
+                **{
+                    k: v if k in ("splits", "sar_scaling", "label_map") else tuplify(v)
+                    for k, v in raw.items()
+                }
+            )
         except (TypeError, ValueError) as e:
             raise io.DataError(f"{path}: {e}") from e
 
     def mapped_label(self, raw: io.Raster) -> np.ndarray:
-        """Class ids (int64) with nodata -> ignore and `label_map` applied."""
+        """Class ids (int64) with `ignore_index` and nodata -> 255 and `label_map` applied."""
         label = raw.data[..., 0].astype(np.int64)
         nodata = self.label_nodata if self.label_nodata is not None else raw.nodata
-        missing = label == nodata if nodata is not None else np.zeros(label.shape, bool)
+        missing = label == int(self.ignore_index)
+        if nodata is not None:
+            missing |= label == nodata
         if self.label_map:
             out = np.full(label.shape, -1, np.int64)
             for src, dst in self.label_map.items():
@@ -142,23 +164,5 @@ class FolderSpec:
             unmapped = out == -1
             out[unmapped] = label[unmapped]
             label = out
-        label[missing] = self.ignore_index
+        label[missing] = IGNORE
         return label
-
-    def scale_sar(self, data: np.ndarray) -> np.ndarray:
-        """SAR values -> stored values per `sar_scaling` (float32; NaN stays NaN)."""
-        x = data.astype(np.float32)
-        kind = self.sar_scaling["kind"]
-        if kind == "none":
-            return x
-        if kind == "db_range":
-            lo, hi = self.sar_scaling["min"], self.sar_scaling["max"]
-        else:
-            finite = x[np.isfinite(x)]
-            if finite.size == 0:
-                return x
-            lo, hi = np.percentile(finite, [self.sar_scaling["low"], self.sar_scaling["high"]])
-            hi = max(hi, lo + 1e-6)
-        with np.errstate(invalid="ignore"):
-            scaled = np.clip(np.rint((x - lo) / (hi - lo) * 255.0), 0.0, 255.0)
-        return scaled.astype(np.float32)

@@ -88,6 +88,58 @@ def _read_pillow(path: pathlib.Path) -> Raster:
     return Raster(data)
 
 
+def nodata_as_nan(raster: Raster) -> np.ndarray:
+    """The raster as float32 (exact for 8- and 16-bit integers) with the file's nodata
+    value, band by band, made NaN: what ``preprocess`` treats as missing."""
+    data = raster.data.astype(np.float32)
+    if raster.nodata is not None and not np.isnan(raster.nodata):
+        data[raster.data == raster.nodata] = np.nan
+    return data
+
+
+def tiff_tags(path: pathlib.Path, tags: tuple[int, ...] = (262, 338)) -> dict[int, tuple]:
+    """Values of baseline TIFF tags in the first image of a (Big)TIFF file.
+
+    Used for what GDAL does not report: whether a 4th band is tagged as unassociated
+    alpha (ExtraSamples, tag 338 = 2), which OpenCV's colour decoding premultiplies.
+    """
+    import struct
+
+    sizes = {1: 1, 2: 1, 3: 2, 4: 4, 6: 1, 7: 1, 8: 2, 9: 4, 16: 8}
+    kinds = {1: "B", 2: "c", 3: "H", 4: "I", 6: "b", 7: "B", 8: "h", 9: "i", 16: "Q"}
+    with open(path, "rb") as f:
+        order = {b"II": "<", b"MM": ">"}.get(f.read(2))
+        if order is None:
+            raise DataError(f"{path}: not a TIFF file")
+        (magic,) = struct.unpack(order + "H", f.read(2))
+        big = magic == 43
+        if big:
+            f.read(4)
+            (offset,) = struct.unpack(order + "Q", f.read(8))
+        else:
+            (offset,) = struct.unpack(order + "I", f.read(4))
+        f.seek(offset)
+        (count,) = struct.unpack(order + ("Q" if big else "H"), f.read(8 if big else 2))
+        entry = 20 if big else 12
+        inline = 8 if big else 4
+        out = {}
+        for _ in range(count):
+            raw = f.read(entry)
+            tag, kind = struct.unpack(order + "HH", raw[:4])
+            (n,) = struct.unpack(order + ("Q" if big else "I"), raw[4 : 4 + (8 if big else 4)])
+            if tag not in tags or kind not in kinds:
+                continue
+            payload = raw[4 + (8 if big else 4) :]
+            if n * sizes[kind] > inline:
+                (where,) = struct.unpack(order + ("Q" if big else "I"), payload)
+                here = f.tell()
+                f.seek(where)
+                payload = f.read(n * sizes[kind])
+                f.seek(here)
+            out[tag] = struct.unpack(order + kinds[kind] * n, payload[: n * sizes[kind]])
+        return out
+
+
 def find_file(
     folder: pathlib.Path, stem: str, suffixes: tuple[str, ...], role: str
 ) -> pathlib.Path:

@@ -1,10 +1,10 @@
-"""What each dataset is: classes, palette, normalisation and the official recipe's settings.
+"""What each dataset is: classes, palette, how its rasters become model inputs, and the
+official recipe's settings.
 
-Channel conventions (docs/design.md, section 5): the official loaders decode with OpenCV, so the
-optical stream receives the first three bands of the file in reverse order (B,G,R for an
-RGB file), and single-band SAR is replicated to three channels. `optical_bands` and
-`sar_bands` say which stored bands feed the model, in model channel order; the means and
-stds are in that same order.
+A ``DatasetSpec`` is recorded with every built dataset and in every model directory
+trained or converted for a dataset, so that prediction needs nothing else. How raster
+values become model inputs (band numbers, SAR scaling, missing pixels, normalisation)
+is ``preprocess.py``; the means and stds are in model channel order.
 """
 
 from __future__ import annotations
@@ -12,12 +12,21 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from asanet_jax.labels import IGNORE
+from asanet_jax.data import preprocess
+
+# Bumped when the meaning of a field changes; a spec of another version is refused.
+# 2: band numbers count from 1 (as GDAL), SAR scaling applies when reading, ignore is 255.
+VERSION = 2
+
+
+class SpecVersionError(ValueError):
+    """A dataset or model described by another version of asanet-jax."""
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    """Everything the pipeline, training and evaluation need to know about a dataset."""
+    """Everything the pipeline, training, evaluation and prediction need to know about a
+    dataset. Labels are class ids with 255 = ignore (``labels.IGNORE``)."""
 
     name: str
     classes: tuple[str, ...]
@@ -26,11 +35,13 @@ class DatasetSpec:
     optical_std: tuple[float, ...]
     sar_mean: tuple[float, ...]
     sar_std: tuple[float, ...]
-    # Stored bands that feed the model, in model channel order (0-based). None means
-    # OpenCV colour decoding, as the official loaders: see `opencv_color_bands`.
+    # Stored bands that feed the model's three channels, in model channel order, numbered
+    # from 1 as GDAL and rasterio number them. None: OpenCV's colour decoding, as the
+    # official loaders (1 band replicated; 3 or more: the first three reversed).
     optical_bands: tuple[int, ...] | None = None
     sar_bands: tuple[int, ...] | None = None
-    ignore_index: int = IGNORE
+    # How stored SAR values are scaled when read (preprocess.py): none, db_range, percentile.
+    sar_scaling: dict = dataclasses.field(default_factory=lambda: {"kind": "none"})
     crop_size: tuple[int, int] = (256, 256)
     # RandomResize target scale (long, short) before the ratio; official (1024, 256) at 256.
     train_scale: tuple[int, int] = (1024, 256)
@@ -39,6 +50,7 @@ class DatasetSpec:
     tta_ratios: tuple[float, ...] = (0.75, 1.0, 1.25)
     train_split: str = "train"
     eval_split: str = "val"
+    version: int = VERSION
 
     @property
     def num_classes(self) -> int:
@@ -51,8 +63,8 @@ class DatasetSpec:
                 f"{len(self.classes)} classes; give one RGB colour per class"
             )
         for field, stats, bands in (
-            ("optical", (self.optical_mean, self.optical_std), self.optical_bands or (0, 0, 0)),
-            ("sar", (self.sar_mean, self.sar_std), self.sar_bands or (0, 0, 0)),
+            ("optical", (self.optical_mean, self.optical_std), self.optical_bands or (1, 1, 1)),
+            ("sar", (self.sar_mean, self.sar_std), self.sar_bands or (1, 1, 1)),
         ):
             for stat_name, stat in zip(("mean", "std"), stats, strict=True):
                 if len(stat) != len(bands):
@@ -62,17 +74,40 @@ class DatasetSpec:
                     )
             if any(s <= 0 for s in stats[1]):
                 raise ValueError(f"dataset {self.name!r}: {field}_std must be positive")
+            if any(int(b) < 1 for b in bands):
+                raise ValueError(
+                    f"dataset {self.name!r}: {field}_bands {list(bands)}: band numbers start "
+                    "at 1, as GDAL and rasterio number bands"
+                )
+        preprocess.check_scaling(self.sar_scaling, f"dataset {self.name!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+        return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: dict) -> DatasetSpec:
+    def from_dict(cls, d: dict, where: str = "") -> DatasetSpec:
+        """The spec recorded in a built dataset or a model directory.
+
+        Raises:
+          SpecVersionError: recorded by another version (band numbers, say, counted
+            from 0 before version 2): the dataset must be rebuilt.
+        """
+        d = dict(d)
+        if d.get("version") != VERSION:
+            raise SpecVersionError(
+                f"{where or d.get('name', 'dataset')}: described by asanet-jax with dataset "
+                f"spec version {d.get('version', 1)}, this is version {VERSION} (band "
+                "numbers count from 1, SAR scaling applies when reading): rebuild the "
+                "dataset (scripts/build_dataset.py ... --overwrite)"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown dataset spec fields {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuplify(v) for k, v in d.items()})
+        return cls(**{k: v if k == "sar_scaling" else tuplify(v) for k, v in d.items()})
 
 
 def tuplify(v):
@@ -174,32 +209,3 @@ def get_spec(name: str) -> DatasetSpec:
     if name not in BUILTIN:
         raise KeyError(f"unknown dataset {name!r}; built-in datasets: {sorted(BUILTIN)}")
     return BUILTIN[name]
-
-
-def opencv_color_bands(count: int, where: str) -> tuple[int, int, int]:
-    """The bands OpenCV's colour decoding (cv2.IMREAD_COLOR) feeds, in order.
-
-    One band is replicated; three or more give the first three reversed (RGB file -> BGR,
-    a 4th band such as NIR or alpha is dropped). Two bands have no OpenCV colour meaning.
-    """
-    if count == 1:
-        return (0, 0, 0)
-    if count >= 3:
-        return (2, 1, 0)
-    raise ValueError(
-        f"{where}: {count} bands have no OpenCV colour decoding; set the band selection "
-        "explicitly (e.g. sar_bands=[0, 1, 0])"
-    )
-
-
-def model_bands(
-    selection: tuple[int, ...] | None, count: int, field: str, where: str
-) -> tuple[int, ...]:
-    """Stored band indices feeding the model for one modality, checked against `count`."""
-    bands = opencv_color_bands(count, where) if selection is None else tuple(selection)
-    if max(bands) >= count:
-        raise ValueError(
-            f"{where}: {field}_bands {list(bands)} selects band {max(bands)} but the stored "
-            f"{field} image has {count} band(s)"
-        )
-    return bands

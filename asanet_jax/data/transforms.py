@@ -1,8 +1,10 @@
 """Per-example preprocessing, as the official mmseg pipelines do it (docs/design.md, section 6).
 
-Training: RandomResize by a ratio of the target scale (keep ratio), RandomCrop with the
-75% category limit, horizontal and vertical flips, normalisation, then padding to the
-crop size (images 0, labels ignore). Evaluation: the whole image, normalised.
+Stored values first become the model's bands (``preprocess.model_bands``: SAR scaling,
+band selection, missing pixels). Training: RandomResize by a ratio of the target scale
+(keep ratio), RandomCrop with the 75% category limit, horizontal and vertical flips,
+normalisation, then padding to the crop size (images 0, labels ignore). Evaluation: the
+whole image, normalised.
 
 Images are resized in their stored dtype with cv2 (uint8 stays uint8 and rounds as the
 official pipeline, which resizes decoded uint8 images), bilinear for images and nearest
@@ -16,7 +18,8 @@ import dataclasses
 import cv2
 import numpy as np
 
-from asanet_jax.data import specs
+from asanet_jax.data import preprocess, specs
+from asanet_jax.labels import IGNORE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,15 +47,6 @@ class Augment:
 
     def replace(self, **overrides) -> Augment:
         return dataclasses.replace(self, **overrides)
-
-
-def model_channels(record: dict, spec: specs.DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(optical, sar), each (H, W, 3) in the stored dtype, in the model's channel order."""
-    where = f"{spec.name} example {record.get('file_name', b'?')!r}"
-    optical, sar = record["optical"], record["sar"]
-    optical_bands = specs.model_bands(spec.optical_bands, optical.shape[-1], "optical", where)
-    sar_bands = specs.model_bands(spec.sar_bands, sar.shape[-1], "sar", where)
-    return optical[..., list(optical_bands)], sar[..., list(sar_bands)]
 
 
 def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
@@ -103,11 +97,6 @@ def random_crop(images, label, rng: np.random.Generator, aug: Augment, ignore_in
     return [im[window] for im in images], label[window]
 
 
-def normalise(image: np.ndarray, mean, std) -> np.ndarray:
-    """(x - mean) / std in float32, per channel, as mmseg's data preprocessor."""
-    return (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
 def pad_to(image: np.ndarray, size: tuple[int, int], value) -> np.ndarray:
     """Pad bottom and right up to `size` (mmseg's SegDataPreProcessor)."""
     pad_h, pad_w = size[0] - image.shape[0], size[1] - image.shape[1]
@@ -117,13 +106,19 @@ def pad_to(image: np.ndarray, size: tuple[int, int], value) -> np.ndarray:
     return np.pad(image, widths, constant_values=value)
 
 
+def _where(record: dict, spec) -> str:
+    return f"{spec.name} example {record.get('file_name', b'?')!r}"
+
+
 def train_example(record: dict, rng: np.random.Generator, spec, aug: Augment) -> dict:
     """One augmented training example: optical/sar (crop_h, crop_w, 3) float32 normalised,
     label (crop_h, crop_w) uint8."""
-    optical, sar = model_channels(record, spec)
+    optical, sar, _ = preprocess.model_bands(
+        record["optical"], record["sar"], spec, _where(record, spec)
+    )
     label = record["label"]
     (optical, sar), label = random_rescale([optical, sar], label, rng, aug)
-    (optical, sar), label = random_crop([optical, sar], label, rng, aug, spec.ignore_index)
+    (optical, sar), label = random_crop([optical, sar], label, rng, aug, IGNORE)
     if rng.random() < aug.hflip_prob:
         optical, label = optical[:, ::-1], label[:, ::-1]
         sar = sar[:, ::-1] if aug.flip_sar else sar
@@ -132,18 +127,16 @@ def train_example(record: dict, rng: np.random.Generator, spec, aug: Augment) ->
         sar = sar[::-1] if aug.flip_sar else sar
     return {
         "optical": pad_to(
-            normalise(optical, spec.optical_mean, spec.optical_std), aug.crop_size, 0
+            preprocess.normalise(optical, spec.optical_mean, spec.optical_std), aug.crop_size, 0
         ),
-        "sar": pad_to(normalise(sar, spec.sar_mean, spec.sar_std), aug.crop_size, 0),
-        "label": pad_to(np.ascontiguousarray(label), aug.crop_size, spec.ignore_index),
+        "sar": pad_to(preprocess.normalise(sar, spec.sar_mean, spec.sar_std), aug.crop_size, 0),
+        "label": pad_to(np.ascontiguousarray(label), aug.crop_size, IGNORE),
     }
 
 
 def eval_example(record: dict, spec) -> dict:
     """The whole image, normalised: optical/sar (H, W, 3) float32, label (H, W) uint8."""
-    optical, sar = model_channels(record, spec)
-    return {
-        "optical": normalise(optical, spec.optical_mean, spec.optical_std),
-        "sar": normalise(sar, spec.sar_mean, spec.sar_std),
-        "label": record["label"],
-    }
+    optical, sar, _ = preprocess.model_inputs(
+        record["optical"], record["sar"], spec, _where(record, spec)
+    )
+    return {"optical": optical, "sar": sar, "label": record["label"]}

@@ -59,16 +59,24 @@ def parameter_groups(params: nnx.State, layer_decay: float) -> tuple[nnx.State, 
 def warmup_poly_schedule(
     lr: float, warmup_steps: int, total_steps: int, warmup_factor: float = 1e-6, power: float = 1.0
 ) -> optax.Schedule:
-    """mmengine LinearLR(start_factor, end=warmup) then PolyLR(power, eta_min=0, end=total):
-    the learning rate of update t (0-based)."""
+    """The learning rate of iteration t (0-based) under mmengine's
+    LinearLR(start_factor, begin=0, end=W) then PolyLR(power, eta_min=0, begin=W, end=T).
+
+    Both mmengine schedulers count ``end - begin - 1`` steps, so the rate is full at
+    t = W - 1 and exactly 0 at t = T - 1, the last iteration::
+
+        t <  W:  lr * (s + (1 - s) * t / (W - 1))
+        t >= W:  lr * ((T - 1 - t) / (T - W - 1)) ** power
+    """
+    last_warm = max(warmup_steps - 1, 1)
+    decay_span = max(total_steps - warmup_steps - 1, 1)
 
     def schedule(step):
         t = jnp.asarray(step, jnp.float32)
-        warm = warmup_factor + (1.0 - warmup_factor) * t / max(warmup_steps, 1)
-        # Remaining fraction as (total - t) / span: exact near the end in float32.
-        remaining = jnp.clip((total_steps - t) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
-        poly = remaining**power
-        return lr * jnp.where(t < warmup_steps, warm, poly)
+        warm = warmup_factor + (1.0 - warmup_factor) * t / last_warm
+        # Remaining fraction as (T - 1 - t) / span: exact near the end in float32.
+        remaining = jnp.clip((total_steps - 1 - t) / decay_span, 0.0, 1.0)
+        return lr * jnp.where(t < warmup_steps, warm, remaining**power)
 
     return schedule
 

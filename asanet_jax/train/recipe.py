@@ -5,7 +5,8 @@ with ``--config configs/pie.py:variant``); the library holds the content so that
 works from an installed package too (the notebook's demo training). Every field can be
 overridden on the command line (``--config.optim.lr=2e-4``). Derived values are
 references, so they follow the overrides: the poly schedule ends at ``train.steps``, and
-the model's class count follows ``data.num_classes``.
+the model's class count follows ``data.num_classes``, which is the dataset's (left unset,
+training sets it from the dataset it opens).
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ import pathlib
 import ml_collections
 from ml_collections import config_dict
 
+from asanet_jax.data import specs
 from asanet_jax.models.config import default_model_config
-
-# Classes of the built-in datasets (the model's head must match).
-NUM_CLASSES = {"pie_rgb_sar": 6, "ddhr_sk": 5, "whu_opt_sar": 7, "synthetic_rgb_sar": 6}
 
 
 def base_config() -> ml_collections.ConfigDict:
     """The official recipe (ConvNeXt V2 tiny streams, 80k steps of batch 8, AdamW)."""
     steps = config_dict.FieldReference(80_000)
-    num_classes = config_dict.FieldReference(6)
+    # None: the dataset's class count, set when training opens the dataset.
+    num_classes = config_dict.FieldReference(None, field_type=int)
     config = ml_collections.ConfigDict()
 
     config.model = default_model_config()
@@ -70,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
             "batch_size": 8,  # global, over all devices and hosts
             "seed": 42,
             "aux_weight": 0.4,
+            # 1: one mean over the global batch's labelled pixels. N > 1 reproduces the
+            # official N-GPU averaging: a mean over each of N equal parts of the batch,
+            # then the mean of those (the official runs: 2 GPUs x 4 images, so 2).
+            "loss_replicas": 1,
             "log_every": 50,
             "eval_every": 8000,
             "checkpoint_every": 8000,
@@ -117,10 +121,12 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> ml_collections.Co
 def for_dataset(
     name: str, variant: str | None = None, where: str = ""
 ) -> ml_collections.ConfigDict:
-    """The official recipe on a built-in dataset; variant None or 'runlocal'."""
+    """The official recipe on a built-in dataset, or on a user's own (``rgb_sar_folder``,
+    whose class count is read from the dataset); variant None or 'runlocal'."""
     config = base_config()
     config.data.name = name
-    config.data.num_classes = NUM_CLASSES[name]
+    if name in specs.BUILTIN:
+        config.data.num_classes = specs.BUILTIN[name].num_classes
     if variant == "runlocal":
         shrink_for_local_run(config)
     elif variant:
@@ -134,7 +140,7 @@ def demo_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config = base_config()
     config.data.name = "synthetic_rgb_sar"
     config.data.tfds_config = "default"
-    config.data.num_classes = 6
+    config.data.num_classes = specs.BUILTIN["synthetic_rgb_sar"].num_classes
     config.data.eval_batch_size = 16
     config.model.backbone = "atto"
     config.model.decoder_channels = 64

@@ -21,9 +21,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from asanet_jax import checkpointing, files, inference, metrics
+from asanet_jax import checkpointing, files, inference, loading, metrics
 from asanet_jax.convert import imagenet
 from asanet_jax.data import build, pipeline, transforms
+from asanet_jax.labels import IGNORE
 from asanet_jax.losses import segmentation_loss
 from asanet_jax.models.asanet import WEIGHTS, ASANet
 from asanet_jax.models.config import resolve
@@ -80,9 +81,13 @@ def create_state(config, mesh, tx_factory) -> tuple[TrainState, object, optax.Sc
     return TrainState(graphdef, eval_graphdef, state, opt_state), tx, schedule
 
 
-def make_train_step(train_state: TrainState, tx, model_config, aux_weight: float, mesh):
+def make_train_step(
+    train_state: TrainState, tx, model_config, aux_weight: float, mesh, loss_replicas: int = 1
+):
     """The jitted step (state, opt_state, batch) -> (state, opt_state, metrics); explicit
     shardings in and out, so every call reuses one compilation; state buffers donated.
+    ``loss_replicas`` > 1 averages the loss as the official multi-GPU runs do (see
+    ``losses.segmentation_loss``).
 
     Metrics: the loss and its parts, and the global L2 norms of the gradients and of the
     parameters after the update (fetched at log steps only).
@@ -94,7 +99,9 @@ def make_train_step(train_state: TrainState, tx, model_config, aux_weight: float
 
         def loss_fn(m):
             out = m(*inference.stream_inputs(model_config, batch["optical"], batch["sar"]))
-            return segmentation_loss(out, batch["label"].astype(jnp.int32), aux_weight)
+            return segmentation_loss(
+                out, batch["label"].astype(jnp.int32), aux_weight, loss_replicas
+            )
 
         (loss, parts), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         params = nnx.state(model, nnx.Param)
@@ -180,7 +187,7 @@ def _pad_eval_batch(batch, size, source):
         return batch
     out = {}
     for k in ("optical", "sar", "label"):
-        fill = spec.ignore_index if k == "label" else 0
+        fill = IGNORE if k == "label" else 0
         pad = np.full((size - n, *batch[k].shape[1:]), fill, batch[k].dtype)
         out[k] = np.concatenate([batch[k], pad])
     return out
@@ -198,6 +205,11 @@ def check_settings(config: ml_collections.ConfigDict, mesh) -> None:
             raise ValueError(f"config.train.{field}={t[field]!r}: expected a positive integer")
     if int(t.keep_checkpoints) < 1:
         raise ValueError(f"config.train.keep_checkpoints={t.keep_checkpoints!r}: expected >= 1")
+    if int(t.loss_replicas) < 1 or int(t.batch_size) % int(t.loss_replicas):
+        raise ValueError(
+            f"config.train.loss_replicas={t.loss_replicas!r}: expected a positive divisor of "
+            f"config.train.batch_size={t.batch_size}"
+        )
     devices = mesh.devices.size
     for field, value in (
         ("train.batch_size", t.batch_size),
@@ -236,7 +248,9 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
     """
     workdir = pathlib.Path(workdir)
     sharding.maybe_initialize_distributed(config.distributed)
-    model_config = resolve(config.model)  # every check before anything is written
+    # Every check before anything is written; an unset class count is the dataset's,
+    # known once it is opened.
+    model_config = resolve({**config.model.to_dict(), "num_classes": config.model.num_classes or 2})
     mesh = sharding.make_mesh(config.mesh)
     check_settings(config, mesh)
     lock = workdirs.Lock(workdir)
@@ -270,15 +284,18 @@ def _agree_failed(failed: bool) -> bool:
 def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | None) -> dict:
     from tqdm import tqdm
 
-    prepare_workdir(workdir, config, config.train.overwrite)
-
     train_source = build.open_or_build(config.data, "train", sync=_sync)
     data_spec = train_source.spec
+    if config.model.num_classes is None:
+        config.data.num_classes = data_spec.num_classes  # the model's follows (a reference)
+        model_config = resolve(config.model)
     if data_spec.num_classes != model_config.num_classes:
         raise TrainingError(
             f"dataset {data_spec.name} has {data_spec.num_classes} classes but "
-            f"config.model.num_classes is {model_config.num_classes}"
+            f"config.model.num_classes is {model_config.num_classes}; leave it unset to "
+            "follow the dataset"
         )
+    prepare_workdir(workdir, config, config.train.overwrite)
     eval_source = build.open_or_build(config.data, data_spec.eval_split, sync=_sync)
     steps = config.train.steps
     augment = transforms.Augment.for_spec(data_spec, flip_sar=config.data.flip_sar)
@@ -303,7 +320,9 @@ def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | 
         data_iter.set_state(data_state)
         log.info("resumed from step %d in %s", start, workdir)
 
-    train_step = make_train_step(train_state, tx, model_config, config.train.aux_weight, mesh)
+    train_step = make_train_step(
+        train_state, tx, model_config, config.train.aux_weight, mesh, config.train.loss_replicas
+    )
     eval_step = make_eval_step(train_state, mesh)
     batch_sharding = sharding.batch_sharding(mesh)
 
@@ -412,8 +431,10 @@ def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | 
     model = nnx.merge(train_state.eval_graphdef, train_state.state)
     nnx.update(model, _gather(nnx.state(model, WEIGHTS)))
     if jax.process_index() == 0:
+        # The model directory records its dataset, so prediction needs nothing else.
+        record = loading.dataset_record(data_spec, train_source.name, train_source.config)
         checkpointing.save_model(
-            workdir / "model", model, metadata={"trained_steps": steps}, overwrite=True
+            workdir / "model", model, metadata={"trained_steps": steps, **record}, overwrite=True
         )
         files.write_text(workdir / workdirs.METRICS, metrics.to_json(last_metrics))
         speed = round(timed_images / timed_seconds, 2) if timed_seconds else None

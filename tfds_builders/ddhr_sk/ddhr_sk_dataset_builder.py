@@ -22,16 +22,26 @@ def official_split(ids: list[int]) -> dict[str, list[int]]:
 class Builder(builder_base.RgbSarBuilder):
     """DDHR-SK as distributed: `GF2/<id>.jpg`, `GF3/<id>.jpg`, `label/<id>.png`."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "2.0.0": "Exact float64 geotransforms; dataset spec version 2 (band numbers from 1).",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
-    Download DDHR-DATA and pass its `korea` folder (holding `GF2/`, `GF3/` and `label/`)
-    as --manual_dir.
+    Download DDHR-DATA and pass its `korea` folder as --manual_dir: it holds `GF2/`,
+    `GF3/` and `label/`, directly or in `256_cloud/` as the dataset authors' own lists
+    place them.
     """
     SPEC = specs.DDHR_SK
     OPTICAL_BANDS = (3,)
     SAR_BANDS = (1, 3)
     SOURCE_PARTS = ("GF2", "GF3", "label")
+
+    def data_root(self, manual_dir):
+        nested = manual_dir / "256_cloud"  # korea/256_cloud/{GF2,GF3,label}, the authors' lists
+        if not (manual_dir / "GF2").is_dir() and (nested / "GF2").is_dir():
+            return nested
+        return manual_dir
 
     def _split_generators(self, dl_manager):
         root = self.manual_path(dl_manager)

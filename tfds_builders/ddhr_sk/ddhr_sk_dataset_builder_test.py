@@ -68,3 +68,19 @@ def test_gap_in_ids_is_an_error(tmp_path):
     (root / "label" / "3.png").unlink()
     with pytest.raises(io.DataError, match=r"labels \[3\] are missing"):
         build.build("ddhr_sk", tmp_path / "data", manual_dir=root)
+
+
+def test_the_authors_korea_256_cloud_layout_builds_the_same_records(tmp_path):
+    # The dataset authors' own lists name files as .../korea/256_cloud/{GF2,GF3,label}/<id>.
+    korea = tmp_path / "korea"
+    fake_sources.write_ddhr(korea / "256_cloud", 201, size=16)  # id 200 onwards is val
+    fake_sources.write_ddhr(tmp_path / "flat", 201, size=16)
+    build.build("ddhr_sk", tmp_path / "a", manual_dir=korea)
+    build.build("ddhr_sk", tmp_path / "b", manual_dir=tmp_path / "flat")
+    a, info = build.open_split(tmp_path / "a", "ddhr_sk", "val")
+    b, _ = build.open_split(tmp_path / "b", "ddhr_sk", "val")
+    assert len(a) == len(b) == 2
+    assert info.metadata["source"]["manual_dir"] == str((korea / "256_cloud").resolve())
+    for i in range(2):
+        for key in ("file_name", "optical", "sar", "label"):
+            np.testing.assert_array_equal(a[i][key], b[i][key])

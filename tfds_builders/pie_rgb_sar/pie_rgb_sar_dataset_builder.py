@@ -12,8 +12,11 @@ SPLIT_FILES = {"train": "train.txt", "val": "val.txt"}
 class Builder(builder_base.RgbSarBuilder):
     """PIE-RGB-SAR as distributed: `rgb/ sar/ label/ <name>.tif`, `train.txt`, `val.txt`."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "2.0.0": "Exact float64 geotransforms; dataset spec version 2 (band numbers from 1).",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download PIE-RGB-SAR and pass the folder holding `rgb/`, `sar/`, `label/`, `train.txt`
     and `val.txt` as --manual_dir.

@@ -27,8 +27,11 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 class Builder(builder_base.RgbSarBuilder):
     """Seeded synthetic scenes: fields, forest, bare soil, roads, rivers, urban blocks."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "2.0.0": "Exact float64 geotransforms; dataset spec version 2 (band numbers from 1).",
+    }
     BUILDER_CONFIGS = [
         SyntheticConfig(name="default", description="320 train + 64 val scenes of 128x128."),
         SyntheticConfig(

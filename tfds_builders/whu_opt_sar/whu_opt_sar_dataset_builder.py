@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import pathlib
 import re
 
 import numpy as np
@@ -40,49 +42,75 @@ def map_label(raw: np.ndarray) -> np.ndarray:
     return np.where(label < 0, IGNORE, label).astype(np.uint8)
 
 
-def parse_division(path, scenes: set[str]) -> dict[str, list[str]]:
-    """Scenes per split from the dataset's division file.
+def parse_division(path: pathlib.Path) -> dict[str, list[str]]:
+    """Scene names per split from the dataset's own division file.
 
-    The file has a section per split: a line containing 'train' starts the training
-    scenes and one containing 'test' the test scenes; scene names (with or without
-    `.tif`) follow, separated by whitespace, commas or new lines. Every scene on disk must
-    appear exactly once.
+    The file (CRLF line endings) holds a ``train:`` heading, one scene file name per line
+    (``NH49E004021.tif``), a blank line, then a ``test:`` heading and its names. Headings
+    are matched case-insensitively, with or without the colon or a "set"/"ing" suffix;
+    names may carry ``.tif`` or not.
     """
     if not path.is_file():
         raise io.DataError(f"{path}: split file not found")
     splits: dict[str, list[str]] = {"train": [], "test": []}
     current = None
-    for line in path.read_text().splitlines():
-        lower = line.lower()
-        names = [t for t in re.split(r"[\s,;]+", line) if re.sub(r"\.tiff?$", "", t) in scenes]
-        if not names:
-            if "train" in lower:
-                current = "train"
-            elif "test" in lower:
-                current = "test"
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = line.strip()
+        if not text:
+            continue
+        heading = re.fullmatch(r"(train|test)(?:ing)?(?: set)?\s*:?", text, re.IGNORECASE)
+        if heading:
+            current = heading[1].lower()
             continue
         if current is None:
-            raise io.DataError(f"{path}: scene names before any 'train'/'test' heading")
-        splits[current] += [re.sub(r"\.tiff?$", "", n) for n in names]
+            raise io.DataError(
+                f"{path}:{number}: scene {text!r} comes before any 'train:' or 'test:' heading"
+            )
+        splits[current] += [re.sub(r"\.tiff?$", "", t, flags=re.IGNORECASE) for t in text.split()]
     listed = splits["train"] + splits["test"]
     twice = sorted({s for s in listed if listed.count(s) > 1})
-    unlisted = sorted(scenes - set(listed))
-    if twice or unlisted:
-        raise io.DataError(
-            f"{path}: every scene must be listed once; listed more than once: {twice[:10]}, "
-            f"in optical/ but not listed: {unlisted[:10]}"
-        )
+    if twice:
+        raise io.DataError(f"{path}: scenes listed more than once: {twice[:10]}")
     for split, names in splits.items():
         if not names:
             raise io.DataError(f"{path}: the {split} split lists no scenes")
     return splits
 
 
+def opencv_optical(path: pathlib.Path, raster: io.Raster) -> io.Raster:
+    """The optical scene as the official loaders (OpenCV colour decoding) saw it.
+
+    A 4-band RGB TIFF whose 4th band is tagged as unassociated alpha (ExtraSamples = 2)
+    is decoded by libtiff as colour premultiplied by that band, ``(x * a + 127) // 255``;
+    the premultiplied bands are stored, so that converted official weights see what they
+    were trained on. Otherwise the bands are stored as they are. A 4-band MINISBLACK TIFF
+    decodes as its first band replicated, which this builder does not reproduce.
+    """
+    tags = io.tiff_tags(path)
+    photometric, extra = tags.get(262, (None,))[0], tags.get(338, ())
+    if photometric == 1:
+        raise io.DataError(
+            f"{path}: a 4-band MINISBLACK TIFF, which OpenCV (and so the official ASANet "
+            "loader) decodes as its first band replicated to three channels, not as B, G, "
+            "R; rewrite it with photometric RGB (bands B, G, R, NIR), or describe the data "
+            "as an rgb_sar_folder dataset with explicit optical_bands"
+        )
+    if photometric == 2 and extra == (2,) and raster.data.dtype == np.uint8:
+        data = raster.data.astype(np.uint32)
+        colour = (data[..., :3] * data[..., 3:4] + 127) // 255
+        premultiplied = np.concatenate([colour, data[..., 3:4]], -1).astype(np.uint8)
+        return dataclasses.replace(raster, data=premultiplied)
+    return raster
+
+
 class Builder(builder_base.RgbSarBuilder):
     """WHU-OPT-SAR as distributed: `optical/`, `sar/`, `lbl/` <scene>.tif, division file."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "2.0.0": "Exact float64 geotransforms; dataset spec version 2 (band numbers from 1).",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Download WHU-OPT-SAR and pass the folder holding `optical/`, `sar/`, `lbl/` and
     "{DIVISION_FILE}" as --manual_dir.
@@ -91,6 +119,11 @@ class Builder(builder_base.RgbSarBuilder):
     OPTICAL_BANDS = (4,)
     SAR_BANDS = (1,)
     SOURCE_PARTS = ("optical", "sar", "lbl", DIVISION_FILE)
+
+    def __init__(self, *, allow_missing_scenes: bool = False, **kwargs):
+        # True builds a deliberate subset: the scenes of the division file that are on disk.
+        self.allow_missing_scenes = allow_missing_scenes
+        super().__init__(**kwargs)
 
     def _features(self):
         return builder_base.base_features(
@@ -101,10 +134,29 @@ class Builder(builder_base.RgbSarBuilder):
     def _split_generators(self, dl_manager):
         root = self.manual_path(dl_manager)
         optical_dir = root / "optical"
-        scenes = {p.stem for p in optical_dir.glob("*.tif")}
-        if not scenes:
+        on_disk = {p.stem for p in optical_dir.glob("*.tif")}
+        if not on_disk:
             raise io.DataError(f"{optical_dir}: no <scene>.tif files found")
-        splits = parse_division(root / DIVISION_FILE, scenes)
+        division = root / DIVISION_FILE
+        splits = parse_division(division)
+        listed = set(splits["train"] + splits["test"])
+        unlisted = sorted(on_disk - listed)
+        if unlisted:
+            raise io.DataError(
+                f"{division}: {len(unlisted)} scene(s) in {optical_dir} are not listed: "
+                f"{unlisted[:10]}"
+            )
+        absent = sorted(listed - on_disk)
+        if absent and not self.allow_missing_scenes:
+            raise io.DataError(
+                f"{optical_dir}: {len(absent)} of the {len(listed)} scenes listed in {division} "
+                f"are missing: {absent[:10]}; build a deliberate subset with "
+                "--allow_missing_scenes (allow_missing_scenes=True)"
+            )
+        splits = {split: [n for n in names if n in on_disk] for split, names in splits.items()}
+        for split, names in splits.items():
+            if not names:
+                raise io.DataError(f"{optical_dir}: no scene of the {split} split is on disk")
         return {
             split: self._generate_examples(root, names, split) for split, names in splits.items()
         }
@@ -118,6 +170,7 @@ class Builder(builder_base.RgbSarBuilder):
                     io.find_file(root / "lbl", scene, (".tif",), "label"),
                 )
                 optical, sar, raw = self.read_pair(*paths)
+                optical = opencv_optical(paths[0], optical)
                 io.check_label_values(paths[2], raw.data, RAW_LABELS)
                 label = map_label(raw.data[..., 0])
                 h, w = optical.shape

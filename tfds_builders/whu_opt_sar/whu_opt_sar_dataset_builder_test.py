@@ -1,10 +1,15 @@
 """Builds whu_opt_sar from scenes in the distributed layout, tiled as the official tool."""
 
+import pathlib
+import subprocess
+import sys
+
+import cv2
 import numpy as np
 import pytest
 from asanet_jax.tfds_builders.whu_opt_sar import whu_opt_sar_dataset_builder as whu
 
-from asanet_jax.data import build, fake_sources, io
+from asanet_jax.data import build, fake_sources, io, preprocess, specs
 
 TRAIN, TEST = ["NH49E001013", "NH49E001014"], ["NH49E009022"]
 SHAPE = (600, 1100)
@@ -71,4 +76,65 @@ def test_scene_missing_from_the_division_file_is_an_error(tmp_path):
     fake_sources.write_whu(tmp_path / "extra", ["C1"], ["D1"], (520, 520))
     (tmp_path / "extra" / "optical" / "C1.tif").rename(root / "optical" / "C1.tif")
     with pytest.raises(io.DataError, match=r"not listed: \['C1'\]"):
+        build.build("whu_opt_sar", tmp_path / "data", manual_dir=root)
+
+
+FIXTURE = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "whu"
+
+
+def test_the_datasets_own_division_file_gives_80_train_and_20_test_scenes():
+    # tests/fixtures/whu holds the file as the dataset distributes it (CRLF, headings,
+    # .tif names, a blank line between the parts).
+    path = FIXTURE / whu.DIVISION_FILE
+    assert b"\r\n\r\ntest:" in path.read_bytes()
+    splits = whu.parse_division(path)
+    assert (len(splits["train"]), len(splits["test"])) == (80, 20)
+    assert not set(splits["train"]) & set(splits["test"])
+    assert splits["train"][0] == "NH49E004021" and all("." not in n for n in splits["test"])
+
+
+def test_listed_scenes_missing_on_disk_are_an_error_unless_a_subset_is_asked(tmp_path):
+    root = fake_sources.write_whu(tmp_path / "src", ["A1", "A2"], ["B1"], (520, 520))
+    for folder in ("optical", "sar", "lbl"):
+        (root / folder / "A2.tif").unlink()
+    with pytest.raises(io.DataError, match=r"1 of the 3 scenes listed .* missing: \['A2'\]"):
+        build.build("whu_opt_sar", tmp_path / "data", manual_dir=root)
+    assert not list((tmp_path / "data").rglob("dataset_info.json"))
+    script = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "build_dataset.py"
+    args = ["whu_opt_sar", "--allow_missing_scenes", f"--data_dir={tmp_path / 'data'}"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args, f"--manual_dir={root}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    _, info = build.open_split(tmp_path / "data", "whu_opt_sar", "train")
+    per_scene = len(whu.tiles(520, 520))  # scene A1 only in train
+    assert info.splits["train"].num_examples == info.splits["test"].num_examples == per_scene
+
+
+@pytest.mark.parametrize("photometric", [None, "RGB"])
+def test_optical_decodes_as_opencv_whether_band_4_is_tagged_alpha_or_not(tmp_path, photometric):
+    """rasterio's default 4-band RGB file tags band 4 as unassociated alpha (ExtraSamples
+    2), which OpenCV, and so the official loader, premultiplies into the colour; with
+    photometric='RGB' band 4 is an untagged extra band that OpenCV drops."""
+    root = fake_sources.write_whu(tmp_path / "src", ["A1"], ["B1"], (512, 512))
+    optical = np.random.default_rng(1).integers(0, 256, (512, 512, 4), np.uint8)
+    path = root / "optical" / "A1.tif"
+    fake_sources.write_geotiff(path, optical, photometric=photometric)
+    assert io.tiff_tags(path)[338] == ((2,) if photometric is None else (0,))
+    build.build("whu_opt_sar", tmp_path / "data", manual_dir=root)
+    (record,), _ = build.open_split(tmp_path / "data", "whu_opt_sar", "train")
+    fed, _, _ = preprocess.model_bands(record["optical"], record["sar"], specs.WHU_OPT_SAR)
+    np.testing.assert_array_equal(fed, cv2.imread(str(path), cv2.IMREAD_COLOR))
+    assert (fed != optical[..., 2::-1]).any() == (photometric is None)
+
+
+def test_a_four_band_minisblack_optical_is_refused_with_the_reason(tmp_path):
+    root = fake_sources.write_whu(tmp_path / "src", ["A1"], ["B1"], (512, 512))
+    fake_sources.write_geotiff(
+        root / "optical" / "A1.tif", np.ones((512, 512, 4), np.uint8), photometric="MINISBLACK"
+    )
+    with pytest.raises(io.DataError, match=r"A1\.tif: a 4-band MINISBLACK TIFF, which OpenCV"):
         build.build("whu_opt_sar", tmp_path / "data", manual_dir=root)
