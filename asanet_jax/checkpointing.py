@@ -90,15 +90,20 @@ def save_model(
     )
     # The weights plus orbax's metadata; refused up front rather than half-written.
     files.check_free_space(directory.parent, sum(x.nbytes for x in jax.tree.leaves(pure)) + 2**20)
-    with files.atomic_output(directory, folder=True) as tmp:
+    # Ctrl-C is held from before the temporary folder exists until the write is done,
+    # then raised inside atomic_output, which removes the folder instead of renaming it.
+    with (
+        files.deferred_interrupt() as interrupts,
+        files.atomic_output(directory, folder=True) as tmp,
+    ):
         with (
             files.disk_errors_as_oserror(directory),
-            files.deferred_interrupt(),
             ocp.StandardCheckpointer(multiprocessing_options=only_me) as ckptr,
         ):
             ckptr.save(tmp / WEIGHTS_DIR, pure)
         doc = {"model": to_config(model.config).to_dict(), **(metadata or {})}
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, default=list) + "\n")
+        interrupts.check()
     return directory
 
 
@@ -119,6 +124,14 @@ def read_metadata(directory) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ModelCheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def _on_this_process(target):
+    """Restore targets on this process's first device: in a multi-process run every
+    process loads its own copy (scene prediction), and a leaf without a sharding would
+    take the saving process's device, which another process cannot address."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target)
 
 
 def load_model_dir(
@@ -154,7 +167,7 @@ def load_model_dir(
         with ocp.StandardCheckpointer() as ckptr:
             on_disk = ckptr.metadata(directory / WEIGHTS_DIR).item_metadata
             _check_shapes(directory, target, on_disk)
-            restored = ckptr.restore(directory / WEIGHTS_DIR, target)
+            restored = ckptr.restore(directory / WEIGHTS_DIR, _on_this_process(target))
         if not allow_nonfinite:
             try:
                 check_finite(_flat(restored))

@@ -158,29 +158,42 @@ def write_text(dest, text: str) -> pathlib.Path:
     return pathlib.Path(dest)
 
 
+class HeldInterrupts:
+    """What ``deferred_interrupt`` yields: ``check()`` raises KeyboardInterrupt now if
+    SIGINT came while held, for a block that must fail before some final step (such as
+    the rename of ``atomic_output``) rather than after it."""
+
+    def __init__(self):
+        self.received: list[int] = []
+
+    def check(self) -> None:
+        if self.received:
+            self.received.clear()
+            raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def deferred_interrupt(notice: str = "interrupt received: finishing the current write first"):
-    """Hold SIGINT back until the block ends, then raise KeyboardInterrupt.
+    """Hold SIGINT back until the block ends (or ``check()``), then raise KeyboardInterrupt.
 
     Only in the main thread (where Python delivers signals); elsewhere a no-op.
     """
+    held = HeldInterrupts()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield held
         return
-    received = []
 
     def hold(signum, frame):
-        if not received:
+        if not held.received:
             print(notice, file=sys.stderr, flush=True)
-        received.append(signum)
+        held.received.append(signum)
 
     previous = signal.signal(signal.SIGINT, hold)
     try:
-        yield
+        yield held
     finally:
         signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
+    held.check()
 
 
 def same_file(a, b) -> bool:
