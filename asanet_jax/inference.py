@@ -8,7 +8,12 @@ scripts and the notebook.
 - `whole`: one forward pass per image.
 - `slide`: mmseg's slide_inference: windows of `window` every `stride` pixels, the last
   window moved back to the image edge; overlapping logits are averaged (summed, then
-  divided by how many windows covered each pixel).
+  divided by how many windows covered each pixel), or blended with weights that fall
+  towards each window's edges (`blend_weights`).
+
+A `Predictor` given a device mesh runs each batch data-parallel over the mesh's devices:
+the weights replicated, the batch split over every axis (the training mesh,
+``train/sharding.py``).
 
 This module needs only the model's dependencies (jax, flax, numpy).
 """
@@ -57,20 +62,41 @@ class Predictor:
     caller's model is left as it is (its mode included).
     """
 
-    def __init__(self, model: ASANet):
+    def __init__(self, model: ASANet, mesh: jax.sharding.Mesh | None = None):
         graphdef, state = nnx.split(model)
         view = nnx.merge(graphdef, state)  # shares the arrays, not the mode
         view.eval()
         self.config: ModelConfig = model.config
         self.graphdef, self.state = nnx.split(view)
+        self.mesh = mesh
+        if mesh is not None:
+            P = jax.sharding.PartitionSpec
+            self.state = jax.device_put(self.state, jax.sharding.NamedSharding(mesh, P()))
+            self._batch = jax.sharding.NamedSharding(mesh, P(mesh.axis_names))
         self._forward = jax.jit(functools.partial(logits, self.graphdef))
+
+    @property
+    def devices(self) -> int:
+        """How many devices share each batch (its size must be a multiple)."""
+        return 1 if self.mesh is None else self.mesh.size
 
     @property
     def num_classes(self) -> int:
         return self.config.num_classes
 
     def __call__(self, optical, sar) -> jax.Array:
-        return self._forward(self.state, *stream_inputs(self.config, optical, sar))
+        optical, sar = stream_inputs(self.config, optical, sar)
+        if self.mesh is not None:
+            batch = (optical if optical is not None else sar).shape[0]
+            if batch % self.mesh.size:
+                raise InferenceError(
+                    f"a batch of {batch} does not split over {self.mesh.size} devices; "
+                    "use a multiple of the device count"
+                )
+            optical, sar = (
+                None if x is None else jax.device_put(x, self._batch) for x in (optical, sar)
+            )
+        return self._forward(self.state, optical, sar)
 
     def labels(self, optical, sar) -> np.ndarray:
         """Class ids (B, H, W), int32."""
@@ -87,6 +113,33 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return sorted({max(min(i * stride, length - window), 0) for i in range(count)})
 
 
+BLENDS = ("mean", "linear", "hann")
+
+
+def blend_weights(height: int, width: int, blend: str = "mean") -> np.ndarray:
+    """(height, width, 1) float32 weights of one window's logits where windows overlap.
+
+    ``mean`` weighs every pixel 1: overlaps are averaged, as mmseg does. ``linear`` (a
+    triangle) and ``hann`` (a raised cosine) fall towards the window's edges, so that a
+    pixel takes most from the windows it lies deepest in, where the model saw the most
+    context: no seams along window borders. Along an axis of n pixels, pixel i gets
+    1 - |2(i + 1)/(n + 1) - 1| or sin^2(pi (i + 1)/(n + 1)): positive everywhere, so a
+    pixel that only a window's edge covers (at the scene's border) keeps its logits.
+    """
+    if blend not in BLENDS:
+        raise InferenceError(f"blend {blend!r}: expected one of {BLENDS}")
+
+    def axis(n: int) -> np.ndarray:
+        t = np.arange(1, n + 1, dtype=np.float64) / (n + 1)
+        if blend == "linear":
+            return 1 - np.abs(2 * t - 1)
+        if blend == "hann":
+            return np.sin(np.pi * t) ** 2
+        return np.ones(n)
+
+    return np.outer(axis(height), axis(width)).astype(np.float32)[..., None]
+
+
 def slide(
     predict: Predict,
     optical: np.ndarray,
@@ -94,8 +147,9 @@ def slide(
     window: tuple[int, int],
     stride: tuple[int, int],
     num_classes: int,
+    blend: str = "mean",
 ) -> np.ndarray:
-    """Sliding-window logits (B, H, W, K), overlaps averaged."""
+    """Sliding-window logits (B, H, W, K), overlaps blended (`blend_weights`)."""
     b, h, w = optical.shape[:3]
     if h < window[0] or w < window[1]:
         raise InferenceError(
@@ -104,11 +158,12 @@ def slide(
         )
     if stride[0] <= 0 or stride[1] <= 0 or stride[0] > window[0] or stride[1] > window[1]:
         raise InferenceError(f"stride {stride} must be positive and at most the window {window}")
+    weights = blend_weights(*window, blend)
     total = np.zeros((b, h, w, num_classes), np.float32)
     count = np.zeros((1, h, w, 1), np.float32)
     for y in window_starts(h, window[0], stride[0]):
         for x in window_starts(w, window[1], stride[1]):
             tile = (slice(None), slice(y, y + window[0]), slice(x, x + window[1]))
-            total[tile] += np.asarray(predict(optical[tile], sar[tile]))
-            count[tile] += 1
+            total[tile] += np.asarray(predict(optical[tile], sar[tile])) * weights
+            count[tile] += weights
     return total / count

@@ -5,7 +5,7 @@
 
 It runs on the machine's own jax and torch. The few packages such a machine lacks
 (ml_collections, tensorflow_datasets, grain, ...) travel as wheels: `make device-wheels`
-downloads those listed in `benchmarks/device_wheels.txt` (about 11 MB) into `.whl/`, and
+downloads those listed in `benchmarks/device_wheels.txt` (about 45 MB) into `.whl/`, and
 the machine installs them without network (README, "Accelerators").
 
 Sections, each recorded even when another fails:
@@ -20,7 +20,10 @@ Sections, each recorded even when another fails:
    mode (AMP, channels_last, torch.compile), one process per case (benchmarks/run.py),
    images/s and peak device memory: inference at batch 1, 8, 64 and 256 (ours in float32
    and bfloat16), training steps at batch 8, 32 and 64 (ours in bfloat16);
-5. ``profile``: op-level device times of our bfloat16 training step and inference from a
+5. ``scene``: whole-scene prediction (benchmarks/scene.py): windows/s and km²/hour of
+   the scene predictor before batching, ours at several batch sizes, our model alone,
+   and the PyTorch baseline alone, on a 3581x3581 scene (100 windows of 512);
+6. ``profile``: op-level device times of our bfloat16 training step and inference from a
    ``jax.profiler`` trace.
 
 Writes into DIR: ``check.json`` (everything), ``check.md`` (the summary), ``gpu.json`` and
@@ -77,6 +80,12 @@ FULL = {
     "repeats": 5,
     "train_steps": 300,
     "profile_batches": {"train": 32, "infer": 64},
+    "scene": {
+        "arch": "tiny",
+        "side": 512 + 9 * 341,
+        "cases": ["loop", "model:8", "ours:1", "ours:8", "ours:32", "torch-amp:8", "torch-amp:32"],
+        "budget_s": 150,
+    },
 }
 SMOKE = {
     "arch": "micro",
@@ -85,6 +94,7 @@ SMOKE = {
     "repeats": 1,
     "train_steps": None,  # configs/demo.py:runlocal
     "profile_batches": {"train": 2, "infer": 2},
+    "scene": {"arch": "micro", "side": 512 + 341, "cases": ["ours:2"], "budget_s": 300},
 }
 
 
@@ -163,6 +173,15 @@ def benchmarks(settings: dict, deadline: float, log: Log) -> dict:
         log=log,
     )
     return {"results": results, "not_run": not_run}
+
+
+def scene_speed(settings: dict, log: Log) -> dict:
+    from benchmarks import scene
+
+    s = settings["scene"]
+    deadline = time.perf_counter() + s["budget_s"]
+    results, not_run = scene.run_cases(s["cases"], s["side"], s["arch"], deadline, log)
+    return {"side": s["side"], "model": s["arch"], "results": results, "not_run": not_run}
 
 
 def profile(settings: dict, work: pathlib.Path) -> dict:
@@ -255,6 +274,14 @@ def summary(report: dict) -> str:
         lines += ["## Speed", "", run.table(b["results"], benchmark_env(report)), ""]
         if b["not_run"]:
             lines += ["Not run: " + "; ".join(b["not_run"]), ""]
+    s = report.get("scene")
+    if isinstance(s, dict) and s.get("results"):
+        from benchmarks import scene
+
+        lines += ["## Whole scenes", ""]
+        lines += [scene.table(s["results"], benchmark_env(report), s["side"], s["model"]), ""]
+        if s["not_run"]:
+            lines += ["Not run: " + "; ".join(s["not_run"]), ""]
     for name, error in report.get("errors", {}).items():
         lines += [f"## {name}: FAILED", "", "```", error[-3000:], "```", ""]
     return "\n".join(lines)
@@ -282,7 +309,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=420, help="seconds before benchmark cases stop")
     p.add_argument(
         "--sections",
-        default="environment,parity,training,benchmarks,profile",
+        default="environment,parity,training,benchmarks,scene,profile",
         help="comma-separated subset to run",
     )
     args = p.parse_args(argv)
@@ -300,6 +327,7 @@ def main(argv=None) -> int:
             "parity": parity,
             "training": lambda: training(settings["train_steps"], work, log),
             "benchmarks": lambda: benchmarks(settings, deadline, log),
+            "scene": lambda: scene_speed(settings, log),
             "profile": lambda: profile(settings, work),
         }
         for name in wanted:

@@ -131,7 +131,7 @@ def test_predict_refuses_to_write_over_its_input_or_an_existing_output(tmp_path,
     for output, message in (
         (tmp_path / "opt.tif", "this is the input"),
         (tmp_path / "." / "sar.tif", "this is the input"),
-        (tmp_path / "old.tif", "already exists; --overwrite replaces it"),
+        (tmp_path / "old.tif", "already exists and was not written by scene prediction"),
         (tmp_path / "no" / "such" / "out.tif", "does not exist"),
     ):
         proc, _ = script("predict.py", *common, "--output", output)

@@ -41,6 +41,10 @@ def test_smoke_run_writes_every_section(tmp_path):
         ("torch", "train", "amp", 2),
     }
     assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in bench["results"])
+    scene = report["scene"]
+    assert scene["not_run"] == [] and [r["case"] for r in scene["results"]] == ["ours:2"]
+    assert scene["results"][0]["windows"] == 4 and scene["results"][0]["windows_per_s"] > 0
+    assert "## Whole scenes" in (out / "check.md").read_text()
     for mode in ("train", "infer"):
         top = report["profile"][mode]["top"]
         assert top and top[0]["ms"] > 0, report["profile"][mode]

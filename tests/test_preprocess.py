@@ -63,15 +63,15 @@ def expected_inputs(root, name, spec):
 
 
 def predict_file(predictor, root, name, spec, out):
-    return scene.predict_scene(
+    scene.label_scene(
         predictor,
         root / "optical" / f"{name}.tif",
         root / "sar" / f"{name}.tif",
         out,
         spec,
         window=64,  # the chip fits one window: whole-image inference
-        progress=False,
     )
+    return out
 
 
 def test_builder_pipeline_and_scene_prediction_feed_the_model_the_same_inputs(predictor, tmp_path):

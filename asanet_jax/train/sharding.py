@@ -83,6 +83,15 @@ def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
     )
 
 
+def local_mesh() -> jax.sharding.Mesh:
+    """This process's own devices on the `data` axis: for work each host does alone, such
+    as labelling its share of the scenes."""
+    devices = jax.local_devices()
+    return jax.make_mesh(
+        (len(devices), 1), BATCH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices
+    )
+
+
 def batch_sharding(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 

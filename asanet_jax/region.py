@@ -1,0 +1,430 @@
+"""Map a region: many optical + SAR scene pairs in one run, shared between hosts, resumable.
+
+- **Pairs** come from a list file (``read_list``: a CSV, or whitespace-separated lines, of
+  optical, SAR and output paths), from two globs (``match_globs``: the parts the
+  wildcards match pair the files and name the outputs), or one pair given directly.
+- **Checks first** (``check``): every bad entry is reported at once, each naming its
+  file, before any work starts. That covers a missing or unreadable raster, bands the
+  model cannot use, rasters not on one grid (without ``align``), an output that is an
+  input, one output given twice, a missing output folder, and an existing output that
+  this run did not write.
+- **Resumable**: each raster carries the run's key (``ASANET_PREDICTION``: the model's
+  weights and preprocessing, the settings, the inputs' sizes and modification times).
+  A scene whose outputs all exist with the same key is complete and is skipped. A
+  killed run leaves only temporaries, which the next run removes, so its scenes are
+  redone.
+- **Hosts**: with several processes (``jax.distributed``), each takes a disjoint share
+  of the list, balanced by pixel count (``share``); together they cover it. Each host
+  predicts on its own devices.
+- **Progress and summary**: a bar with windows/s, scenes done of total and an ETA, a
+  line per finished scene, and a summary JSON with each scene's pixels, km², seconds
+  and windows/s (from its ``ASANET_SCENE`` tag), written by process 0 at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import pathlib
+import re
+import sys
+import time
+
+import numpy as np
+
+from asanet_jax import files, inference, scene, scene_outputs, weights
+from asanet_jax.data import io, specs
+
+KEY_TAG = "ASANET_PREDICTION"
+STATS_TAG = "ASANET_SCENE"
+HEADER = ["optical", "sar", "output"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One scene to label; `where` names its origin in messages ("scenes.csv line 4")."""
+
+    optical: pathlib.Path
+    sar: pathlib.Path
+    output: pathlib.Path
+    where: str = ""
+
+
+def read_list(path) -> list[Pair]:
+    """Pairs from a list file: a .csv (comma-separated, quoted as CSV quotes), or lines of
+    three whitespace-separated paths. An optional ``optical,sar,output`` header, blank
+    lines and ``#`` comments are skipped; relative paths are taken from the list's folder.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise io.DataError(f"{path}: scene list not found")
+    lines = path.read_text().splitlines()
+    rows = csv.reader(lines) if path.suffix.lower() == ".csv" else (ln.split() for ln in lines)
+    pairs, problems = [], []
+    for number, row in enumerate(rows, 1):
+        row = [field.strip() for field in row]
+        if not any(row) or row[0].startswith("#"):
+            continue
+        if [f.lower() for f in row] == HEADER and not pairs and not problems:
+            continue
+        where = f"{path} line {number}"
+        if len(row) != 3:
+            problems.append(
+                f"{where}: expected optical, SAR and output paths; found {len(row)} field(s)"
+            )
+            continue
+        optical, sar, output = (path.parent / field for field in row)
+        pairs.append(Pair(optical, sar, output, where))
+    if problems:
+        raise io.DataError("\n".join(problems))
+    if not pairs:
+        raise io.DataError(f"{path}: no scenes listed")
+    return pairs
+
+
+def _pattern(glob: str) -> re.Pattern:
+    """A regex for a glob whose groups capture what each wildcard matched."""
+    out, i = [], 0
+    while i < len(glob):
+        c = glob[i]
+        if glob.startswith("**/", i):
+            out.append("((?:[^/]*/)*)")
+            i += 3
+            continue
+        if c == "*":
+            out.append("([^/]*)")
+        elif c == "?":
+            out.append("([^/])")
+        elif c == "[" and "]" in glob[i + 1 :]:
+            end = glob.index("]", i + 2 if glob[i + 1 : i + 2] in ("!", "]") else i + 1)
+            body = glob[i + 1 : end]
+            out.append("([" + ("^" + body[1:] if body.startswith("!") else body) + "])")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out))
+
+
+def _matches(glob: str) -> dict[tuple[str, ...], pathlib.Path]:
+    pattern = _pattern(glob)
+    root = pathlib.Path(glob).anchor or "."
+    relative = glob[len(root) :] if pathlib.Path(glob).anchor else glob
+    found = {}
+    for path in sorted(pathlib.Path(root).glob(relative)):
+        m = pattern.fullmatch(str(path) if pathlib.Path(glob).anchor else path.as_posix())
+        if m and path.is_file():
+            found[m.groups()] = path
+    return found
+
+
+def match_globs(optical_glob: str, sar_glob: str, output_dir) -> list[Pair]:
+    """Pairs from two globs: an optical and a SAR file pair up when their wildcards
+    matched the same text, and that text names the output (``output_dir/<text>.tif``,
+    several wildcards joined by '_'). A file without a partner is an error."""
+    optical, sar = _matches(optical_glob), _matches(sar_glob)
+    if not optical:
+        raise io.DataError(f"--optical {optical_glob!r} matches no file")
+    if not sar:
+        raise io.DataError(f"--sar {sar_glob!r} matches no file")
+    problems = [
+        f"{optical[k]} has no SAR partner among {sar_glob!r}" for k in optical if k not in sar
+    ] + [f"{sar[k]} has no optical partner among {optical_glob!r}" for k in sar if k not in optical]
+    if problems:
+        raise io.DataError("\n".join(problems))
+    pairs = []
+    for key in sorted(optical):
+        name = "_".join(part.strip("/").replace("/", "_") for part in key) or optical[key].stem
+        pairs.append(Pair(optical[key], sar[key], pathlib.Path(output_dir) / f"{name}.tif"))
+    return pairs
+
+
+def model_fingerprint(model, spec: specs.DatasetSpec) -> str:
+    """A digest of the weights, the model config and the dataset's preprocessing."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    digest.update(spec.to_json().encode())
+    for name, variable in sorted(weights.flat_weights(model).items()):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(np.asarray(variable[...])).tobytes())
+    return digest.hexdigest()
+
+
+def _file_id(path: pathlib.Path) -> dict:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+@dataclasses.dataclass
+class Plan:
+    """A checked list: each pair's scene, output paths and key; `complete` marks the
+    pairs whose outputs exist with this run's key."""
+
+    pairs: list[Pair]
+    scenes: list[scene.SceneInputs]
+    outputs: list[scene_outputs.OutputPaths]
+    keys: list[str]
+    complete: list[bool]
+
+
+def existing_key(path: pathlib.Path) -> dict | None:
+    """The run key an output of scene prediction carries (a raster's tag, a preview's PNG
+    text); None for anything else."""
+    import rasterio
+    from PIL import Image, UnidentifiedImageError
+    from rasterio.errors import RasterioError
+
+    try:
+        if path.suffix.lower() == ".png":
+            with Image.open(path) as image:
+                text = getattr(image, "text", {}).get(KEY_TAG)
+        else:
+            with rasterio.open(path) as src:
+                text = src.tags().get(KEY_TAG)
+    except (RasterioError, OSError, UnidentifiedImageError):
+        return None
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+class _Inputs:
+    """The inputs of a list, found by resolved path or by inode (a link to one), in
+    constant time per lookup whatever the list's length."""
+
+    def __init__(self, paths):
+        self.by_path, self.by_inode = {}, {}
+        for path in paths:
+            self.by_path.setdefault(path.resolve(), path)
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            self.by_inode.setdefault((stat.st_dev, stat.st_ino), path)
+
+    def find(self, out: pathlib.Path) -> pathlib.Path | None:
+        if out.resolve() in self.by_path:
+            return self.by_path[out.resolve()]
+        try:
+            stat = out.stat()
+        except OSError:
+            return None
+        return self.by_inode.get((stat.st_dev, stat.st_ino))
+
+
+def check(
+    pairs: list[Pair],
+    spec,
+    settings: dict,
+    *,
+    window: int,
+    stride: int | None,
+    min_side: int,
+    align: bool = False,
+    extras: dict | None = None,
+    overwrite: bool = False,
+) -> Plan:
+    """Open and check every pair and its outputs; one DataError listing every problem.
+
+    `settings` (model digest, window, ...) goes into each pair's key; `extras` are the
+    optional outputs asked for (``OutputPaths.beside`` keywords); `min_side` is the
+    smallest scene side the model takes."""
+    extras = extras or {}
+    problems, scenes, outputs, keys, complete = [], [], [], [], []
+    inputs = _Inputs([p for pair in pairs for p in (pair.optical, pair.sar)])
+    claimed: dict[pathlib.Path, str] = {}
+    for pair in pairs:
+        where = f"{pair.where}: " if pair.where else ""
+        try:
+            found = scene.open_scene(pair.optical, pair.sar, spec, align)
+            scene.plan_windows(found.height, found.width, window, stride, min_side, pair.optical)
+        except io.DataError as e:
+            problems.append(f"{where}{e}")
+            found = None
+        paths = scene_outputs.OutputPaths.beside(pair.output, **extras)
+        output_problem = False
+        # The label raster first; the first problem of a pair's outputs is enough.
+        for out in sorted(paths.all(), key=lambda p: p != paths.labels):
+            given = inputs.find(out)
+            problem = None
+            if given is not None:
+                problem = f"{out}: this is the input {given}; choose another output"
+            elif out.absolute() in claimed:
+                problem = f"{out}: also an output of {claimed[out.absolute()]}"
+            elif out.is_dir():
+                problem = f"{out} is a folder; expected the path of a file to write"
+            elif not out.absolute().parent.is_dir():
+                problem = f"{out}: the folder {out.absolute().parent} does not exist"
+            claimed.setdefault(out.absolute(), pair.where or str(pair.optical))
+            if problem:
+                problems.append(where + problem)
+                output_problem = True
+                break
+        key = {
+            **settings,
+            "align": align,
+            **(
+                {"optical": _file_id(pair.optical), "sar": _file_id(pair.sar)}
+                if found is not None
+                else {}
+            ),
+        }
+        done = found is not None and all(existing_key(p) == key for p in paths.all())
+        if found is not None and not done and not overwrite and not output_problem:
+            for out in paths.all():
+                if out.is_file() and existing_key(out) != key:
+                    problems.append(f"{where}{_conflict(out, key)}; --overwrite replaces it")
+        scenes.append(found)
+        outputs.append(paths)
+        keys.append(json.dumps(key, sort_keys=True))
+        complete.append(done)
+    if problems:
+        head = f"{len(problems)} problem(s) found before any work started:\n  "
+        raise io.DataError(problems[0] if len(problems) == 1 else head + "\n  ".join(problems))
+    return Plan(pairs, scenes, outputs, keys, complete)
+
+
+def _conflict(out: pathlib.Path, key: dict) -> str:
+    old = existing_key(out)
+    if old is None:
+        return f"{out} already exists and was not written by scene prediction"
+    differ = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+    return f"{out} was written by another run (different {', '.join(differ)})"
+
+
+def share(sizes: list[int], index: int, count: int) -> list[int]:
+    """The pair indices process `index` of `count` labels: largest scenes first, each to
+    the least loaded process (ties to the lowest index). Disjoint, covering, and the same
+    on every host."""
+    load = [0] * count
+    mine = []
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        host = min(range(count), key=lambda h: (load[h], h))
+        load[host] += sizes[i]
+        if host == index:
+            mine.append(i)
+    return sorted(mine)
+
+
+def _eta(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if np.isfinite(seconds) else "?"
+
+
+def run(
+    predictor: inference.Predictor,
+    plan: Plan,
+    spec,
+    *,
+    window: int,
+    stride: int | None,
+    batch_size: int | None,
+    blend: str,
+    prefetch: int = 2,
+    process_index: int = 0,
+    process_count: int = 1,
+    progress: bool = True,
+    log=None,
+) -> list[int]:
+    """Label this process's share of the plan, skipping complete scenes; returns the
+    indices it labelled. Messages go to `log` (stderr by default)."""
+    from tqdm import tqdm
+
+    log = log or sys.stderr
+    prefix = f"[process {process_index}/{process_count}] " if process_count > 1 else ""
+    mine = share([s.pixels for s in plan.scenes], process_index, process_count)
+    skipped = [i for i in mine if plan.complete[i]]
+    todo = [i for i in mine if not plan.complete[i]]
+    if skipped:
+        names = ", ".join(str(plan.outputs[i].labels) for i in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        print(f"{prefix}skipping {len(skipped)} complete scene(s): {names}{more}", file=log)
+    min_side = 2 ** (len(predictor.config.depths) + 1)
+    windows = {}
+    for i in todo:
+        s = plan.scenes[i]
+        windows[i] = scene.plan_windows(
+            s.height, s.width, window, stride, min_side, s.optical
+        ).count
+    bar = tqdm(
+        total=sum(windows.values()),
+        unit="window",
+        disable=not progress or not todo,
+        file=log,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+    start = time.perf_counter()
+    try:
+        for n, i in enumerate(todo, 1):
+            bar.set_description(f"{prefix}scene {n}/{len(todo)}")
+            stats = scene.predict_scene(
+                predictor,
+                plan.scenes[i],
+                plan.outputs[i],
+                spec,
+                window=window,
+                stride=stride,
+                batch_size=batch_size,
+                blend=blend,
+                prefetch=prefetch,
+                tags={KEY_TAG: plan.keys[i]},
+                stats_tag=lambda stats: {
+                    STATS_TAG: json.dumps({**stats.as_dict(), "process": process_index})
+                },
+                on_windows=bar.update,
+            )
+            done_windows = sum(windows[j] for j in todo[:n])
+            rate = done_windows / (time.perf_counter() - start)
+            eta = (sum(windows.values()) - done_windows) / rate if rate > 0 else float("nan")
+            area = "" if stats.km2 is None else f", {stats.km2:,.2f} km²"
+            bar.write(
+                f"{prefix}[{n}/{len(todo)}] {plan.outputs[i].labels}: {stats.pixels:,} pixels"
+                f"{area}, {stats.windows} windows in {stats.seconds:.1f} s "
+                f"({stats.windows_per_s:.2f} windows/s); ETA {_eta(eta)}",
+                file=log,
+            )
+    finally:
+        bar.close()
+    return todo
+
+
+def summary(plan: Plan, settings: dict, labelled: set[int], seconds: float) -> dict:
+    """Each scene's record (from its label raster's ``ASANET_SCENE`` tag) and totals;
+    `labelled`: the scenes labelled in this run (by any process)."""
+    import rasterio
+
+    records = []
+    for i, (pair, paths) in enumerate(zip(plan.pairs, plan.outputs, strict=True)):
+        record = {"optical": str(pair.optical), "sar": str(pair.sar), "output": str(paths.labels)}
+        try:
+            with rasterio.open(paths.labels) as src:
+                record.update(json.loads(src.tags()[STATS_TAG]))
+            record["status"] = "labelled" if i in labelled else "complete before this run"
+        except (OSError, KeyError, ValueError, rasterio.errors.RasterioError):
+            record["status"] = "missing: not written, or not visible to process 0"
+        records.append(record)
+    found = [r for r in records if "pixels" in r]
+    ran = [r for i, r in enumerate(records) if i in labelled and "windows" in r]
+    total_windows = sum(r["windows"] for r in ran)
+    return {
+        "settings": settings,
+        "scenes": records,
+        "total": {
+            "scenes": len(records),
+            "labelled": len(ran),
+            "complete_before": sum(r["status"].startswith("complete") for r in records),
+            "missing": len(records) - len(found),
+            "pixels": sum(r["pixels"] for r in found),
+            "km2": round(sum(r.get("km2") or 0 for r in found), 3),
+            "windows": total_windows,
+            "seconds": round(seconds, 3),
+            "windows_per_s": round(total_windows / seconds, 3) if total_windows else None,
+        },
+    }
+
+
+def write_summary(path, data: dict) -> None:
+    files.write_text(path, json.dumps(data, indent=2) + "\n")
