@@ -27,6 +27,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import os
 import pathlib
 import re
 import sys
@@ -60,8 +61,15 @@ def read_list(path) -> list[Pair]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise io.DataError(f"{path}: scene list not found")
-    lines = path.read_text().splitlines()
-    rows = csv.reader(lines) if path.suffix.lower() == ".csv" else (ln.split() for ln in lines)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a spreadsheet's BOM too
+    except UnicodeDecodeError as e:
+        raise io.DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    rows = (
+        csv.reader(lines, skipinitialspace=True)
+        if path.suffix.lower() == ".csv"
+        else (ln.split() for ln in lines)
+    )
     pairs, problems = [], []
     for number, row in enumerate(rows, 1):
         row = [field.strip() for field in row]
@@ -85,36 +93,55 @@ def read_list(path) -> list[Pair]:
 
 
 def _pattern(glob: str) -> re.Pattern:
-    """A regex for a glob whose groups capture what each wildcard matched."""
-    out, i = [], 0
-    while i < len(glob):
+    """A regex for a (normalised) glob whose groups capture what each wildcard matched,
+    with fnmatch's rules: ``*`` and ``?`` stay within a folder, ``**/`` spans folders,
+    ``[...]`` is a class (``[!...]`` its complement), an unclosed ``[`` is literal."""
+    out, i, n = [], 0, len(glob)
+    while i < n:
         c = glob[i]
         if glob.startswith("**/", i):
             out.append("((?:[^/]*/)*)")
             i += 3
             continue
+        i += 1
         if c == "*":
             out.append("([^/]*)")
         elif c == "?":
             out.append("([^/])")
-        elif c == "[" and "]" in glob[i + 1 :]:
-            end = glob.index("]", i + 2 if glob[i + 1 : i + 2] in ("!", "]") else i + 1)
-            body = glob[i + 1 : end]
-            out.append("([" + ("^" + body[1:] if body.startswith("!") else body) + "])")
-            i = end
+        elif c == "[":
+            j = i + (glob[i : i + 1] == "!")
+            j += glob[j : j + 1] == "]"  # a ']' first in a class is literal
+            while j < n and glob[j] != "]":
+                j += 1
+            if j >= n:
+                out.append(re.escape(c))
+                continue
+            body = glob[i:j].replace("\\", "\\\\")
+            i = j + 1
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            elif body.startswith("^"):
+                body = "\\" + body
+            out.append(f"([{body}])")
         else:
             out.append(re.escape(c))
-        i += 1
     return re.compile("".join(out))
 
 
-def _matches(glob: str) -> dict[tuple[str, ...], pathlib.Path]:
-    pattern = _pattern(glob)
-    root = pathlib.Path(glob).anchor or "."
-    relative = glob[len(root) :] if pathlib.Path(glob).anchor else glob
+def _matches(glob: str, flag: str) -> dict[tuple[str, ...], pathlib.Path]:
+    normalised = os.path.normpath(glob)  # './S2/*.tif' and 'S2//*.tif' are 'S2/*.tif'
+    absolute = os.path.isabs(normalised)
+    root = pathlib.Path(normalised).anchor if absolute else "."
+    try:
+        pattern = _pattern(normalised)
+        found_paths = sorted(
+            pathlib.Path(root).glob(normalised[len(root) :] if absolute else normalised)
+        )
+    except (re.error, ValueError) as e:
+        raise io.DataError(f"{flag} {glob!r} is not a valid glob ({e})") from None
     found = {}
-    for path in sorted(pathlib.Path(root).glob(relative)):
-        m = pattern.fullmatch(str(path) if pathlib.Path(glob).anchor else path.as_posix())
+    for path in found_paths:
+        m = pattern.fullmatch(str(path) if absolute else path.as_posix())
         if m and path.is_file():
             found[m.groups()] = path
     return found
@@ -124,7 +151,7 @@ def match_globs(optical_glob: str, sar_glob: str, output_dir) -> list[Pair]:
     """Pairs from two globs: an optical and a SAR file pair up when their wildcards
     matched the same text, and that text names the output (``output_dir/<text>.tif``,
     several wildcards joined by '_'). A file without a partner is an error."""
-    optical, sar = _matches(optical_glob), _matches(sar_glob)
+    optical, sar = _matches(optical_glob, "--optical"), _matches(sar_glob, "--sar")
     if not optical:
         raise io.DataError(f"--optical {optical_glob!r} matches no file")
     if not sar:
@@ -252,20 +279,20 @@ def check(
             problem = None
             if given is not None:
                 problem = f"{out}: this is the input {given}; choose another output"
-            elif out.absolute() in claimed:
-                problem = f"{out}: also an output of {claimed[out.absolute()]}"
+            elif out.resolve() in claimed:
+                problem = f"{out}: also an output of {claimed[out.resolve()]}"
             elif out.is_dir():
                 problem = f"{out} is a folder; expected the path of a file to write"
             elif not out.absolute().parent.is_dir():
                 problem = f"{out}: the folder {out.absolute().parent} does not exist"
-            claimed.setdefault(out.absolute(), pair.where or str(pair.optical))
+            claimed.setdefault(out.resolve(), pair.where or str(pair.optical))
             if problem:
                 problems.append(where + problem)
                 output_problem = True
                 break
         key = {
             **settings,
-            "align": align,
+            "warped": found is not None and found.warp_sar,  # not the flag: what it did
             **(
                 {"optical": _file_id(pair.optical), "sar": _file_id(pair.sar)}
                 if found is not None
@@ -360,22 +387,27 @@ def run(
     try:
         for n, i in enumerate(todo, 1):
             bar.set_description(f"{prefix}scene {n}/{len(todo)}")
-            stats = scene.predict_scene(
-                predictor,
-                plan.scenes[i],
-                plan.outputs[i],
-                spec,
-                window=window,
-                stride=stride,
-                batch_size=batch_size,
-                blend=blend,
-                prefetch=prefetch,
-                tags={KEY_TAG: plan.keys[i]},
-                stats_tag=lambda stats: {
-                    STATS_TAG: json.dumps({**stats.as_dict(), "process": process_index})
-                },
-                on_windows=bar.update,
-            )
+            try:
+                stats = scene.predict_scene(
+                    predictor,
+                    plan.scenes[i],
+                    plan.outputs[i],
+                    spec,
+                    window=window,
+                    stride=stride,
+                    batch_size=batch_size,
+                    blend=blend,
+                    prefetch=prefetch,
+                    tags={KEY_TAG: plan.keys[i]},
+                    stats_tag=lambda stats: {
+                        STATS_TAG: json.dumps({**stats.as_dict(), "process": process_index})
+                    },
+                    on_windows=bar.update,
+                )
+            except (ValueError, OSError) as e:  # which scene first, then the reason
+                pair = plan.pairs[i]
+                where = pair.where or f"{pair.optical} / {pair.sar}"
+                raise io.DataError(f"{where}: {type(e).__name__}: {e}") from e
             done_windows = sum(windows[j] for j in todo[:n])
             rate = done_windows / (time.perf_counter() - start)
             eta = (sum(windows.values()) - done_windows) / rate if rate > 0 else float("nan")

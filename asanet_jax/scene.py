@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from asanet_jax import inference, scene_outputs
+from asanet_jax import files, inference, scene_outputs
 from asanet_jax.data import io, preprocess, specs
 
 NODATA = scene_outputs.NODATA
@@ -448,7 +448,12 @@ def pixel_area_km2(crs, transform, height: int) -> np.ndarray | None:
         top = np.radians(f + e * np.arange(height))
         bottom = np.radians(f + e * np.arange(1, height + 1))
         return radius**2 * np.radians(abs(a)) * np.abs(np.sin(top) - np.sin(bottom))
-    metres = crs.linear_units_factor[1]
+    from rasterio.errors import CRSError
+
+    try:
+        metres = crs.linear_units_factor[1]
+    except CRSError:  # a CRS without linear units: no area
+        return None
     return np.full(height, abs(a * e - b * d) * metres**2 / 1e6)
 
 
@@ -474,6 +479,8 @@ def predict_scene(
     `batch_size` defaults to the predictor's device count and must be a multiple of it.
     """
     start = time.perf_counter()
+    if prefetch < 1:
+        raise ValueError(f"prefetch {prefetch}: expected at least 1 batch")
     min_side = 2 ** (len(predictor.config.depths) + 1)
     plan = plan_windows(scene.height, scene.width, window, stride, min_side, scene.optical)
     batch_size = batch_size or predictor.devices
@@ -511,8 +518,13 @@ def predict_scene(
                     stage3.put(batch, predictor(batch.optical, batch.sar))
                 stage3.join()
             finally:
-                reader.close()
-                stage3.close()
+                # The threads must stop before the rasters and outputs close under them,
+                # so a second Ctrl-C waits for that.
+                with files.deferred_interrupt("interrupt received: stopping the scene's threads"):
+                    try:
+                        reader.close()
+                    finally:
+                        stage3.close()
             stats = SceneStats(
                 pixels=writer.labelled,
                 nodata_pixels=scene.pixels - writer.labelled,

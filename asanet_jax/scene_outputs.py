@@ -113,9 +113,19 @@ class SceneWriter:
         )
         self._staging: dict[pathlib.Path, pathlib.Path] = {}
         self._open: dict[pathlib.Path, object] = {}
+        # Every temporary, recorded before it is created; removed on failure.
+        self._temporaries: set[pathlib.Path] = set()
         self.labelled = 0  # pixels given a class
 
     def __enter__(self):
+        try:
+            self._create()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _create(self) -> None:
         import rasterio
 
         for path in self.paths.rasters():
@@ -123,9 +133,10 @@ class SceneWriter:
                 raise FileNotFoundError(2, "the folder to write into does not exist", str(path))
             files.remove_stale_temporaries(path.absolute().parent)
             staging = files.temporary_name(path.absolute())
-            self._staging[path] = staging
+            self._temporaries.add(staging)
             count = self.spec.num_classes if path == self.paths.probabilities else 1
             dst = rasterio.open(staging, "w", **{**self.profile, "count": count})
+            self._staging[path] = staging
             self._open[path] = dst
             dst.update_tags(**self.tags)
             if path == self.paths.labels:
@@ -136,7 +147,6 @@ class SceneWriter:
                 for band, name in enumerate(names, 1):
                     dst.set_band_description(band, f"{name} (percent)")
                 dst.scales = (0.01,) * count
-        return self
 
     def write(self, top: int, logits: np.ndarray, missing: np.ndarray) -> None:
         from rasterio.windows import Window
@@ -169,19 +179,23 @@ class SceneWriter:
         published = {}
         for path, staging in self._staging.items():
             cog = files.temporary_name(path.absolute())
+            self._temporaries.add(cog)
             published[path] = cog
             resampling = "MODE" if path == self.paths.labels else "AVERAGE"
             rasterio.shutil.copy(
                 staging, cog, **COG_OPTIONS, overview_resampling=resampling, num_threads="2"
             )
             staging.unlink()
-        self._staging = published  # removed on failure from here on
+            self._temporaries.discard(staging)
         if self.paths.preview is not None:
             preview = files.temporary_name(self.paths.preview.absolute())
-            self._staging[self.paths.preview] = preview
+            self._temporaries.add(preview)
+            published[self.paths.preview] = preview
             write_preview(published[self.paths.labels], preview, self.spec, self.tags)
         for path in self.paths.all():
-            os.replace(self._staging.pop(path), path)
+            os.replace(published[path], path)
+            self._temporaries.discard(published[path])
+        self._staging = {}
 
     def _close(self) -> None:
         for dst in self._open.values():
@@ -190,9 +204,9 @@ class SceneWriter:
 
     def __exit__(self, *exc) -> None:
         self._close()
-        for tmp in self._staging.values():
+        for tmp in self._temporaries:
             tmp.unlink(missing_ok=True)
-        self._staging = {}
+        self._temporaries, self._staging = set(), {}
 
 
 def write_preview(label_path, preview_path, spec, tags=None, max_side: int = 1024) -> None:

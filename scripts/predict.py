@@ -99,9 +99,15 @@ def pairs_from_flags(f) -> list[region.Pair]:
 
 
 def main(argv) -> int:
-    del argv
+    if len(argv) > 1:
+        raise ValueError(
+            f"unexpected arguments {argv[1:]}; quote globs ('S2/*.tif') so that the shell "
+            "does not expand them"
+        )
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
+    if f.prefetch < 1:
+        raise ValueError(f"--prefetch={f.prefetch}: expected at least 1 batch")
     pairs = pairs_from_flags(f)
     from asanet_jax.train import sharding
 
@@ -123,28 +129,37 @@ def main(argv) -> int:
     # 30 windows/s for micro at batch 1 vs 8); accelerators want full batches.
     per_device = 1 if jax.local_devices()[0].platform == "cpu" else 8
     batch_size = f.batch_size or per_device * predictor.devices
-    settings = {
+    settings = {  # what the outputs depend on: the run key (with the inputs)
         "model": region.model_fingerprint(model, spec),
         "window": f.window,
-        "stride": f.stride,
+        "stride": f.stride or max(f.window * 2 // 3, 1),
         "blend": f.blend,
-        "package": asanet_jax.__version__,
     }
     extras = dict(confidence=f.confidence, probabilities=f.probabilities, preview=f.preview)
-    plan = region.check(
-        pairs,
-        spec,
-        settings,
-        window=f.window,
-        stride=f.stride,
-        min_side=2 ** (len(model.config.depths) + 1),
-        align=f.align,
-        extras=extras,
-        overwrite=f.overwrite,
+    summary_path = f.summary or (
+        pairs[0].output.parent / "predict_summary.json" if len(pairs) > 1 else None
     )
     index, count = jax.process_index(), jax.process_count()
-    if count > 1:
-        _same_list_everywhere(plan)
+    plan, failure = None, None
+    try:
+        if summary_path and not pathlib.Path(summary_path).absolute().parent.is_dir():
+            raise ValueError(f"--summary {summary_path}: its folder does not exist")
+        plan = region.check(
+            pairs,
+            spec,
+            settings,
+            window=f.window,
+            stride=f.stride,
+            min_side=2 ** (len(model.config.depths) + 1),
+            align=f.align,
+            extras=extras,
+            overwrite=f.overwrite,
+        )
+    except (ValueError, OSError) as e:
+        failure = e
+    # Every process reaches each gathering, failed or not, so none waits for a process
+    # that has stopped; the first also sets up the processes' links while they start.
+    _agree(count, failure, _plan_digest(plan, extras, f.overwrite) if plan else b"")
     devices = f"{predictor.devices} {jax.local_devices()[0].platform} device(s)"
     hosts = f" on each of {count} processes" if count > 1 else ""
     if index == 0:
@@ -152,32 +167,28 @@ def main(argv) -> int:
             f"{len(pairs)} scene(s), batches of {batch_size} windows over {devices}{hosts}",
             file=sys.stderr,
         )
-    labelled = region.run(
-        predictor,
-        plan,
-        spec,
-        window=f.window,
-        stride=f.stride,
-        batch_size=batch_size,
-        blend=f.blend,
-        prefetch=f.prefetch,
-        process_index=index,
-        process_count=count,
-        progress=f.progress,
-    )
-    if count > 1:
-        from jax.experimental import multihost_utils
-
-        # A barrier: every process's scenes are written before process 0 sums them up.
-        everyone = multihost_utils.process_allgather(
-            _as_mask(labelled, len(pairs)), tiled=False
-        ).any(0)
-        labelled = [i for i in range(len(pairs)) if everyone[i]]
-    summary_path = f.summary or (
-        plan.outputs[0].labels.parent / "predict_summary.json" if len(pairs) > 1 else None
-    )
+    labelled = []
+    try:
+        labelled = region.run(
+            predictor,
+            plan,
+            spec,
+            window=f.window,
+            stride=f.stride,
+            batch_size=batch_size,
+            blend=f.blend,
+            prefetch=f.prefetch,
+            process_index=index,
+            process_count=count,
+            progress=f.progress,
+        )
+    except (ValueError, OSError) as e:
+        failure = e
+    # A barrier: every process's scenes are written before process 0 sums them up.
+    labelled = _agree(count, failure, b"", labelled, len(pairs))
     if index == 0 and summary_path:
         data = region.summary(plan, settings, set(labelled), time.perf_counter() - start)
+        data["settings"]["package"] = asanet_jax.__version__
         region.write_summary(summary_path, data)
         t = data["total"]
         print(
@@ -192,30 +203,44 @@ def main(argv) -> int:
     return 0
 
 
-def _same_list_everywhere(plan) -> None:
-    """Every process must share out the same list; this first collective also sets up
-    the processes' links early, while they start together, for the final gathering."""
+def _plan_digest(plan, extras, overwrite) -> bytes:
+    """What every process must agree on: the scenes, their keys and outputs, the options."""
     import hashlib
 
+    text = "\n".join(
+        f"{key}|{[str(p) for p in paths.all()]}"
+        for key, paths in zip(plan.keys, plan.outputs, strict=True)
+    )
+    return hashlib.sha256(f"{text}|{sorted(extras.items())}|{overwrite}".encode()).digest()[:8]
+
+
+def _agree(count, failure, digest: bytes, labelled=(), n: int = 0) -> list[int]:
+    """Gather every process's (failed, digest, labelled scenes); raise this process's
+    failure, or name another's; refuse processes that were given different lists.
+    Returns the scenes any process labelled."""
+    if count == 1:
+        if failure is not None:
+            raise failure
+        return list(labelled)
     import numpy as np
     from jax.experimental import multihost_utils
 
-    digest = hashlib.sha256("\n".join(plan.keys).encode()).digest()[:8]
-    mine = np.frombuffer(digest, np.uint8)
-    everyone = multihost_utils.process_allgather(mine, tiled=False)
-    if not (everyone == mine).all():
+    row = np.zeros(1 + 8 + n, np.uint8)
+    row[0] = failure is not None
+    row[1 : 1 + len(digest)] = np.frombuffer(digest, np.uint8)
+    row[9 + np.asarray(list(labelled), int)] = 1
+    rows = multihost_utils.process_allgather(row, tiled=False)
+    if failure is not None:
+        raise failure
+    failed = [i for i in range(count) if rows[i, 0]]
+    if failed:
+        raise ValueError(f"process(es) {failed} failed; their messages say why")
+    if digest and not (rows[:, 1:9] == rows[0, 1:9]).all():
         raise ValueError(
-            "the processes were given different scene lists, settings or models; every "
-            "process must run the same command on the same files"
+            "the processes were given different scene lists, outputs, settings or models; "
+            "every process must run the same command on the same files"
         )
-
-
-def _as_mask(indices, n):
-    import numpy as np
-
-    mask = np.zeros(n, bool)
-    mask[list(indices)] = True
-    return mask
+    return [i for i in range(n) if rows[:, 9 + i].any()]
 
 
 if __name__ == "__main__":

@@ -287,3 +287,29 @@ def test_an_existing_preview_that_is_not_ours_is_not_overwritten(region_dir, tmp
         region.check([pair], SPEC, {"model": "m"}, **settings)
     plan = region.check([pair], SPEC, {"model": "m"}, overwrite=True, **settings)
     assert plan.complete == [False]
+
+
+def test_globs_are_normalised_and_bad_ones_are_named(region_dir, tmp_path, monkeypatch):
+    root, _ = region_dir
+    monkeypatch.chdir(root)
+    for optical in ("./S2/*.tif", "S2//*.tif", f"{root}/./S2/[a-b].tif"):
+        pairs = region.match_globs(
+            optical, "S1/*.tif" if "[" not in optical else "S1/[a-b].tif", "o"
+        )
+        assert [p.output.name for p in pairs][:2] == ["a.tif", "b.tif"], optical
+    with pytest.raises(io.DataError, match=r"--optical 'S2/\*\*.tif' is not a valid glob"):
+        region.match_globs("S2/**.tif", "S1/*.tif", "o")
+
+
+def test_a_spreadsheets_csv_and_one_output_spelled_two_ways(region_dir, tmp_path):
+    root, _ = region_dir
+    (tmp_path / "out").mkdir()
+    rows = [
+        f'{root}/S2/{n}.tif, "{root}/S1/{n}.tif", {o}'
+        for n, o in (("a", "out/a.tif"), ("b", "out/../out/a.tif"))
+    ]
+    (tmp_path / "s.csv").write_text("\ufeffoptical,sar,output\r\n" + "\r\n".join(rows) + "\r\n")
+    pairs = region.read_list(tmp_path / "s.csv")  # BOM, CRLF, spaces after commas
+    assert [p.sar.name for p in pairs] == ["a.tif", "b.tif"]
+    with pytest.raises(io.DataError, match=r"out/../out/a.tif: also an output of .*s.csv line 2"):
+        region.check(pairs, SPEC, {"model": "m"}, window=WINDOW, stride=STRIDE, min_side=32)
