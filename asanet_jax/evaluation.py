@@ -111,10 +111,9 @@ def tta_probabilities(
     variants = 0
     for ratio in ratios:
         size = (int(h * ratio + 0.5), int(w * ratio + 0.5))
-        optical = preprocess.normalise(
-            transforms.resize(optical_raw, size), spec.optical_mean, spec.optical_std
+        optical, sar = preprocess.normalise_both(
+            transforms.resize(optical_raw, size), transforms.resize(sar_raw, size), spec
         )
-        sar = preprocess.normalise(transforms.resize(sar_raw, size), spec.sar_mean, spec.sar_std)
         for flipped in (False, True) if flip else (False,):
             o, s = (optical[:, ::-1], sar[:, ::-1]) if flipped else (optical, sar)
             logits = infer(np.ascontiguousarray(o)[None], np.ascontiguousarray(s)[None])
@@ -162,11 +161,8 @@ def evaluate(
         optical_raw, sar_raw, _ = preprocess.model_bands(record["optical"], record["sar"], spec)
         if corrupt is not None:
             optical_raw, sar_raw = corrupt(optical_raw, sar_raw, i)
-        example = {
-            "optical": preprocess.normalise(optical_raw, spec.optical_mean, spec.optical_std),
-            "sar": preprocess.normalise(sar_raw, spec.sar_mean, spec.sar_std),
-            "label": record["label"],
-        }
+        optical, sar = preprocess.normalise_both(optical_raw, sar_raw, spec)
+        example = {"optical": optical, "sar": sar, "label": record["label"]}
         if settings.tta:
             probs = tta_probabilities(infer, optical_raw, sar_raw, spec, ratios)
             pred = probs.argmax(-1)

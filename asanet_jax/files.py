@@ -194,14 +194,3 @@ def deferred_interrupt(notice: str = "interrupt received: finishing the current 
     finally:
         signal.signal(signal.SIGINT, previous)
     held.check()
-
-
-def same_file(a, b) -> bool:
-    """Whether two paths name the same existing file (resolved paths, or inode)."""
-    a, b = pathlib.Path(a), pathlib.Path(b)
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False

@@ -84,15 +84,18 @@ class Predictor:
     def num_classes(self) -> int:
         return self.config.num_classes
 
+    def check_batch(self, size: int) -> None:
+        """InferenceError unless a batch of `size` splits over the predictor's devices."""
+        if size % self.devices:
+            raise InferenceError(
+                f"a batch of {size} does not split over {self.devices} devices; "
+                "use a multiple of the device count"
+            )
+
     def __call__(self, optical, sar) -> jax.Array:
         optical, sar = stream_inputs(self.config, optical, sar)
         if self.mesh is not None:
-            batch = (optical if optical is not None else sar).shape[0]
-            if batch % self.mesh.size:
-                raise InferenceError(
-                    f"a batch of {batch} does not split over {self.mesh.size} devices; "
-                    "use a multiple of the device count"
-                )
+            self.check_batch((optical if optical is not None else sar).shape[0])
             optical, sar = (
                 None if x is None else jax.device_put(x, self._batch) for x in (optical, sar)
             )

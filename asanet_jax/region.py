@@ -186,14 +186,15 @@ def _file_id(path: pathlib.Path) -> dict:
 
 @dataclasses.dataclass
 class Plan:
-    """A checked list: each pair's scene, output paths and key; `complete` marks the
-    pairs whose outputs exist with this run's key."""
+    """A checked list: each pair's scene, output paths, key and window count; `complete`
+    marks the pairs whose outputs exist with this run's key."""
 
     pairs: list[Pair]
     scenes: list[scene.SceneInputs]
     outputs: list[scene_outputs.OutputPaths]
     keys: list[str]
     complete: list[bool]
+    windows: list[int]
 
 
 def existing_key(path: pathlib.Path) -> dict | None:
@@ -260,17 +261,19 @@ def check(
     optional outputs asked for (``OutputPaths.beside`` keywords); `min_side` is the
     smallest scene side the model takes."""
     extras = extras or {}
-    problems, scenes, outputs, keys, complete = [], [], [], [], []
+    problems, scenes, outputs, keys, complete, windows = [], [], [], [], [], []
     inputs = _Inputs([p for pair in pairs for p in (pair.optical, pair.sar)])
     claimed: dict[pathlib.Path, str] = {}
     for pair in pairs:
         where = f"{pair.where}: " if pair.where else ""
         try:
             found = scene.open_scene(pair.optical, pair.sar, spec, align)
-            scene.plan_windows(found.height, found.width, window, stride, min_side, pair.optical)
+            count = scene.plan_windows(
+                found.height, found.width, window, stride, min_side, pair.optical
+            ).count
         except io.DataError as e:
             problems.append(f"{where}{e}")
-            found = None
+            found, count = None, 0
         paths = scene_outputs.OutputPaths.beside(pair.output, **extras)
         output_problem = False
         # The label raster first; the first problem of a pair's outputs is enough.
@@ -299,23 +302,24 @@ def check(
                 else {}
             ),
         }
-        done = found is not None and all(existing_key(p) == key for p in paths.all())
+        found_keys = {p: existing_key(p) for p in paths.all()} if found is not None else {}
+        done = found is not None and all(k == key for k in found_keys.values())
         if found is not None and not done and not overwrite and not output_problem:
-            for out in paths.all():
-                if out.is_file() and existing_key(out) != key:
-                    problems.append(f"{where}{_conflict(out, key)}; --overwrite replaces it")
+            for out, old in found_keys.items():
+                if out.is_file() and old != key:
+                    problems.append(f"{where}{_conflict(out, old, key)}; --overwrite replaces it")
         scenes.append(found)
         outputs.append(paths)
         keys.append(json.dumps(key, sort_keys=True))
         complete.append(done)
+        windows.append(count)
     if problems:
         head = f"{len(problems)} problem(s) found before any work started:\n  "
         raise io.DataError(problems[0] if len(problems) == 1 else head + "\n  ".join(problems))
-    return Plan(pairs, scenes, outputs, keys, complete)
+    return Plan(pairs, scenes, outputs, keys, complete, windows)
 
 
-def _conflict(out: pathlib.Path, key: dict) -> str:
-    old = existing_key(out)
+def _conflict(out: pathlib.Path, old: dict | None, key: dict) -> str:
     if old is None:
         return f"{out} already exists and was not written by scene prediction"
     differ = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
@@ -368,22 +372,16 @@ def run(
         names = ", ".join(str(plan.outputs[i].labels) for i in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         print(f"{prefix}skipping {len(skipped)} complete scene(s): {names}{more}", file=log)
-    min_side = 2 ** (len(predictor.config.depths) + 1)
-    windows = {}
-    for i in todo:
-        s = plan.scenes[i]
-        windows[i] = scene.plan_windows(
-            s.height, s.width, window, stride, min_side, s.optical
-        ).count
+    total = sum(plan.windows[i] for i in todo)
     bar = tqdm(
-        total=sum(windows.values()),
+        total=total,
         unit="window",
         disable=not progress or not todo,
         file=log,
         dynamic_ncols=True,
         smoothing=0.1,
     )
-    start = time.perf_counter()
+    start, done_windows = time.perf_counter(), 0
     try:
         for n, i in enumerate(todo, 1):
             bar.set_description(f"{prefix}scene {n}/{len(todo)}")
@@ -408,9 +406,9 @@ def run(
                 pair = plan.pairs[i]
                 where = pair.where or f"{pair.optical} / {pair.sar}"
                 raise io.DataError(f"{where}: {type(e).__name__}: {e}") from e
-            done_windows = sum(windows[j] for j in todo[:n])
+            done_windows += plan.windows[i]
             rate = done_windows / (time.perf_counter() - start)
-            eta = (sum(windows.values()) - done_windows) / rate if rate > 0 else float("nan")
+            eta = (total - done_windows) / rate if rate > 0 else float("nan")
             area = "" if stats.km2 is None else f", {stats.km2:,.2f} km²"
             bar.write(
                 f"{prefix}[{n}/{len(todo)}] {plan.outputs[i].labels}: {stats.pixels:,} pixels"

@@ -221,6 +221,11 @@ class WindowPlan:
         return len(self.ys) * len(self.xs)
 
 
+def default_stride(window: int) -> int:
+    """Two thirds of the window (341 for 512), the stride when none is given."""
+    return max(window * 2 // 3, 1)
+
+
 def plan_windows(height, width, window: int, stride: int | None, min_side: int, where):
     """mmseg's window grid. Along a side shorter than the window, the window is the whole
     side, so a scene within one window is whole-image inference."""
@@ -229,7 +234,7 @@ def plan_windows(height, width, window: int, stride: int | None, min_side: int, 
             f"{where} is {height}x{width} pixels; the model downsamples by {min_side}, so "
             f"a scene must be at least {min_side}x{min_side}"
         )
-    stride = stride or max(window * 2 // 3, 1)
+    stride = stride or default_stride(window)
     if window < min_side or not 0 < stride <= window:
         raise io.DataError(
             f"window {window} and stride {stride}: the window must be at least {min_side} "
@@ -286,7 +291,7 @@ class _Blender:
 
     def __init__(self, plan: WindowPlan, width, num_classes, blend, writer, on_windows):
         self.plan, self.width, self.k = plan, width, num_classes
-        # mean: plain sums, as in inference.slide (no multiplications by 1)
+        # mean: plain sums and counts (what weights of 1 give, without the products)
         self.weights = None if blend == "mean" else inference.blend_weights(*plan.size, blend)
         self.writer, self.on_windows = writer, on_windows
         self.top = plan.ys[0]
@@ -303,7 +308,7 @@ class _Blender:
             grow = end - self.total.shape[0]
             if grow > 0:
                 self.total = np.concatenate(
-                    [self.total, np.zeros((grow, *self.total.shape[1:]), np.float32)]
+                    [self.total, np.zeros((grow, self.width, self.k), np.float32)]
                 )
                 self.count = np.concatenate(
                     [self.count, np.zeros((grow, self.width, 1), np.float32)]
@@ -481,36 +486,18 @@ def predict_scene(
     start = time.perf_counter()
     if prefetch < 1:
         raise ValueError(f"prefetch {prefetch}: expected at least 1 batch")
-    min_side = 2 ** (len(predictor.config.depths) + 1)
-    plan = plan_windows(scene.height, scene.width, window, stride, min_side, scene.optical)
+    plan = plan_windows(
+        scene.height, scene.width, window, stride, predictor.config.min_input_side, scene.optical
+    )
     batch_size = batch_size or predictor.devices
-    if batch_size % predictor.devices:
-        raise inference.InferenceError(
-            f"batch size {batch_size} does not split over {predictor.devices} devices; "
-            "use a multiple of the device count"
-        )
+    predictor.check_batch(batch_size)
     areas = pixel_area_km2(scene.crs, scene.transform, scene.height)
-    area = [0.0]
-
-    class _Counting:
-        """The writer, counting the labelled area on the way."""
-
-        def __init__(self, writer):
-            self.writer = writer
-
-        def write(self, top, logits, missing):
-            if areas is not None:
-                area[0] += float((~missing).sum(1) @ areas[top : top + missing.shape[0]])
-            self.writer.write(top, logits, missing)
-
     rasters = _Rasters(scene)
     try:
         with scene_outputs.SceneWriter(
-            outputs, scene.height, scene.width, scene.crs, scene.transform, spec, tags or {}
+            outputs, scene.height, scene.width, scene.crs, scene.transform, spec, tags or {}, areas
         ) as writer:
-            blender = _Blender(
-                plan, scene.width, spec.num_classes, blend, _Counting(writer), on_windows
-            )
+            blender = _Blender(plan, scene.width, spec.num_classes, blend, writer, on_windows)
             reader = _Reader(_batches(rasters, plan, spec, batch_size), prefetch)
             stage3 = _Writer(blender.add, prefetch)
             try:
@@ -528,7 +515,7 @@ def predict_scene(
             stats = SceneStats(
                 pixels=writer.labelled,
                 nodata_pixels=scene.pixels - writer.labelled,
-                km2=None if areas is None else round(area[0], 6),
+                km2=None if areas is None else round(writer.km2, 6),
                 windows=plan.count,
                 seconds=round(time.perf_counter() - start, 3),
             )

@@ -91,11 +91,14 @@ class SceneWriter:
     ``write(top, logits, missing)`` takes blended logits (rows, W, K) float32 and the
     missing mask (rows, W) of the rows starting at ``top``; ``finish()`` publishes the
     files. Leaving the block without ``finish()`` (an error, Ctrl-C) removes everything.
+    `pixel_areas` (height,) gives each row's pixel area in km² (None: no area); the
+    writer counts the labelled pixels (``labelled``) and their area (``km2``).
     """
 
-    def __init__(self, paths: OutputPaths, height, width, crs, transform, spec, tags: dict):
-        self.paths, self.spec, self.tags = paths, spec, tags
-        self.height, self.width = height, width
+    def __init__(
+        self, paths: OutputPaths, height, width, crs, transform, spec, tags: dict, pixel_areas=None
+    ):
+        self.paths, self.spec, self.tags, self.pixel_areas = paths, spec, tags, pixel_areas
         self.profile = dict(
             driver="GTiff",
             height=height,
@@ -116,6 +119,7 @@ class SceneWriter:
         # Every temporary, recorded before it is created; removed on failure.
         self._temporaries: set[pathlib.Path] = set()
         self.labelled = 0  # pixels given a class
+        self.km2 = 0.0  # their area
 
     def __enter__(self):
         try:
@@ -155,6 +159,9 @@ class SceneWriter:
         label = logits.argmax(-1).astype(np.uint8)
         label[missing] = NODATA
         self.labelled += int(missing.size - missing.sum())
+        if self.pixel_areas is not None:
+            rows = self.pixel_areas[top : top + missing.shape[0]]
+            self.km2 += float((~missing).sum(1) @ rows)
         self._open[self.paths.labels].write(label[None], window=window)
         if self.paths.confidence is None and self.paths.probabilities is None:
             return

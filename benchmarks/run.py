@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import resource
@@ -198,40 +199,33 @@ def run_case(case: str, repeats: int, arch: str = "tiny", size: int = SIZE) -> d
     }
 
 
-def run_in_subprocesses(
+def case_processes(
+    module: str,
     todo: list[str],
-    repeats: int,
-    arch: str = "tiny",
-    size: int = SIZE,
+    args: list[str],
+    describe,
     deadline: float | None = None,
     log=print,
+    env_for=lambda case: None,
 ) -> tuple[list[dict], list[str]]:
-    """Run each case in a fresh process (its own peak memory); returns (results, not run).
+    """Run ``python -m <module> --case CASE <args>`` for each case, each in a fresh
+    process (its own peak memory), which prints its result as the last line of JSON.
 
-    A case that fails is logged with its error and counted as not run; with a `deadline`
-    (time.perf_counter() value), cases that would start after it are not run either."""
+    Returns (results, not run). A case that fails is logged with its error and counted
+    as not run; with a `deadline` (time.perf_counter() value), cases that would start
+    after it are not run either. `describe(result)` is the log line's figure;
+    `env_for(case)` adds environment variables."""
     results, not_run, start = [], [], time.perf_counter()
     for i, case in enumerate(todo, 1):
         if deadline is not None and time.perf_counter() > deadline:
             not_run.append(f"{case} (time budget spent)")
             continue
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.run",
-                "--case",
-                case,
-                "--repeats",
-                str(repeats),
-                "--model",
-                arch,
-                "--size",
-                str(size),
-            ],
+            [sys.executable, "-m", module, "--case", case, *args],
             capture_output=True,
             text=True,
             cwd=pathlib.Path(__file__).resolve().parents[1],
+            env={**os.environ, **(env_for(case) or {})},
         )
         if proc.returncode != 0:
             log(f"[{i}/{len(todo)}] {case}: FAILED\n{proc.stderr[-2000:]}")
@@ -242,10 +236,29 @@ def run_in_subprocesses(
         elapsed = time.perf_counter() - start
         eta = elapsed / i * (len(todo) - i)
         log(
-            f"[{i}/{len(todo)}] {case}: {result['images_per_s']:.2f} images/s, "
-            f"peak {result['peak_memory_mb']:.0f} MB  (elapsed {elapsed:.0f}s, ETA {eta:.0f}s)"
+            f"[{i}/{len(todo)}] {case}: {describe(result)}  "
+            f"(elapsed {elapsed:.0f}s, ETA {eta:.0f}s)"
         )
     return results, not_run
+
+
+def run_in_subprocesses(
+    todo: list[str],
+    repeats: int,
+    arch: str = "tiny",
+    size: int = SIZE,
+    deadline: float | None = None,
+    log=print,
+) -> tuple[list[dict], list[str]]:
+    """Each inference or training case in a fresh process (``case_processes``)."""
+    return case_processes(
+        "benchmarks.run",
+        todo,
+        ["--repeats", str(repeats), "--model", arch, "--size", str(size)],
+        lambda r: f"{r['images_per_s']:.2f} images/s, peak {r['peak_memory_mb']:.0f} MB",
+        deadline,
+        log,
+    )
 
 
 def cases(infer: list[int], train: list[int]) -> list[str]:

@@ -28,14 +28,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
 
-from benchmarks.run import MODELS, NUM_CLASSES, RESULTS, environment, peak_rss_mb
+from benchmarks.run import (
+    MODELS,
+    NUM_CLASSES,
+    RESULTS,
+    case_processes,
+    environment,
+    peak_rss_mb,
+)
 
 WINDOW, STRIDE, PIXEL_M = 512, 341, 10.0
 
@@ -266,46 +271,24 @@ def table(results: list[dict], env: dict, side: int, model_name: str) -> str:
 
 
 def run_cases(todo, side: int, model_name: str, deadline: float | None = None, log=None):
-    """Each case in a fresh process; returns (results, not run). A case that fails, or
-    would start after `deadline` (a time.perf_counter() value), is listed as not run."""
-    log = log or (lambda message: print(message, file=sys.stderr))
-    results, not_run, start = [], [], time.perf_counter()
-    for i, case in enumerate(todo, 1):
-        if deadline is not None and time.perf_counter() > deadline:
-            not_run.append(f"{case} (time budget spent)")
-            continue
-        devices = case.split(":")[2:]
-        env_vars = dict(os.environ)
-        if devices:
-            env_vars["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices[0]}"
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.scene",
-                "--case",
-                case,
-                "--side",
-                str(side),
-                "--model",
-                model_name,
-            ],
-            capture_output=True,
-            text=True,
-            cwd=pathlib.Path(__file__).resolve().parents[1],
-            env=env_vars,
+    """Each case in a fresh process (``run.case_processes``); ``ours:B:D`` cases run with
+    D CPU devices. Returns (results, not run)."""
+
+    def devices(case):
+        count = case.split(":")[2:]
+        return (
+            {"XLA_FLAGS": f"--xla_force_host_platform_device_count={count[0]}"} if count else None
         )
-        if proc.returncode != 0:
-            log(f"[{i}/{len(todo)}] {case}: FAILED\n{proc.stderr[-2000:]}")
-            not_run.append(f"{case} (failed: {proc.stderr.strip().splitlines()[-1:]})")
-            continue
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        elapsed = time.perf_counter() - start
-        log(
-            f"[{i}/{len(todo)}] scene {case}: {results[-1]['windows_per_s']:.3f} windows/s "
-            f"(elapsed {elapsed:.0f} s, ETA {elapsed / i * (len(todo) - i):.0f} s)"
-        )
-    return results, not_run
+
+    return case_processes(
+        "benchmarks.scene",
+        todo,
+        ["--side", str(side), "--model", model_name],
+        lambda r: f"{r['windows_per_s']:.3f} windows/s, peak {r['peak_memory_mb']:.0f} MB",
+        deadline,
+        log or (lambda message: print(message, file=sys.stderr)),
+        devices,
+    )
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ import types
 from absl import flags, logging
 
 import asanet_jax
-from asanet_jax import cli, evaluation, inference, loading, region
+from asanet_jax import cli, evaluation, inference, loading, region, scene
 
 flags.DEFINE_string("checkpoint", None, "Model directory or official .pth/.safetensors.")
 flags.DEFINE_string("optical", None, "Optical GeoTIFF, or a glob of them (with --output_dir).")
@@ -132,7 +132,7 @@ def main(argv) -> int:
     settings = {  # what the outputs depend on: the run key (with the inputs)
         "model": region.model_fingerprint(model, spec),
         "window": f.window,
-        "stride": f.stride or max(f.window * 2 // 3, 1),
+        "stride": f.stride or scene.default_stride(f.window),
         "blend": f.blend,
     }
     extras = dict(confidence=f.confidence, probabilities=f.probabilities, preview=f.preview)
@@ -150,7 +150,7 @@ def main(argv) -> int:
             settings,
             window=f.window,
             stride=f.stride,
-            min_side=2 ** (len(model.config.depths) + 1),
+            min_side=model.config.min_input_side,
             align=f.align,
             extras=extras,
             overwrite=f.overwrite,

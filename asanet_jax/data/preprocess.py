@@ -147,11 +147,15 @@ def normalise(image: np.ndarray, mean, std) -> np.ndarray:
     return (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def model_inputs(optical: np.ndarray, sar: np.ndarray, spec, where="", sar_limits=None):
-    """Steps 1 to 4: (optical, sar, missing), inputs normalised (H, W, 3) float32."""
-    optical, sar, missing = model_bands(optical, sar, spec, where, sar_limits)
+def normalise_both(optical: np.ndarray, sar: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:
+    """Step 4 for both images, each with the dataset's statistics of its modality."""
     return (
         normalise(optical, spec.optical_mean, spec.optical_std),
         normalise(sar, spec.sar_mean, spec.sar_std),
-        missing,
     )
+
+
+def model_inputs(optical: np.ndarray, sar: np.ndarray, spec, where="", sar_limits=None):
+    """Steps 1 to 4: (optical, sar, missing), inputs normalised (H, W, 3) float32."""
+    optical, sar, missing = model_bands(optical, sar, spec, where, sar_limits)
+    return (*normalise_both(optical, sar, spec), missing)

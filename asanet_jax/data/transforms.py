@@ -125,11 +125,10 @@ def train_example(record: dict, rng: np.random.Generator, spec, aug: Augment) ->
     if rng.random() < aug.vflip_prob:
         optical, label = optical[::-1], label[::-1]
         sar = sar[::-1] if aug.flip_sar else sar
+    optical, sar = preprocess.normalise_both(optical, sar, spec)
     return {
-        "optical": pad_to(
-            preprocess.normalise(optical, spec.optical_mean, spec.optical_std), aug.crop_size, 0
-        ),
-        "sar": pad_to(preprocess.normalise(sar, spec.sar_mean, spec.sar_std), aug.crop_size, 0),
+        "optical": pad_to(optical, aug.crop_size, 0),
+        "sar": pad_to(sar, aug.crop_size, 0),
         "label": pad_to(np.ascontiguousarray(label), aug.crop_size, IGNORE),
     }
 

@@ -101,7 +101,7 @@ class ASANet(nnx.Module):
             raise ValueError(
                 f"{name} input has shape {tuple(x.shape)}: expected NHWC (B, H, W, {channels})"
             )
-        min_size = 2 ** (len(self.config.depths) + 1)
+        min_size = self.config.min_input_side
         if x.shape[1] < min_size or x.shape[2] < min_size:
             raise ValueError(
                 f"{name} input is {x.shape[1]}x{x.shape[2]}: the backbone downsamples by "

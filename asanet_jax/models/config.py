@@ -146,6 +146,12 @@ class ModelConfig:
         return DTYPES[self.dtype]
 
     @property
+    def min_input_side(self) -> int:
+        """The smallest image height and width the model takes: the stem and each later
+        stage downsample by 4 and 2, and the coarsest map must keep a pixel."""
+        return 2 ** (len(self.depths) + 1)
+
+    @property
     def kernel_choice(self) -> Kernels:
         return Kernels.from_setting(self.kernels, self.winograd_min_pixels)
 
