@@ -7,6 +7,8 @@ are real: a small or read-only tmpfs mounted in a private mount namespace.
 """
 
 import hashlib
+import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -303,3 +305,209 @@ def test_dataset_errors_name_the_files(tmp_path):
     assert not (tmp_path / "data" / "pie_rgb_sar").exists()
     proc, _ = build("--manual_dir", src, "--data_dir", tmp_path / "data", "--accept_misaligned")
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --- datasets: content, types, BOM, leftovers ---
+
+
+def sentinel(root, **description):
+    """A small rgb_sar_folder dataset (train a, b; val c) with `description` overriding."""
+    return fake_sources.write_sentinel_folder(root, ["a", "b"], ["c"], **description)
+
+
+def test_an_edit_that_keeps_the_size_and_time_of_a_file_is_detected(tmp_path):
+    src = fake_sources.write_pie(tmp_path / "PIE", ["1", "2", "3"], ["4"])
+    data = tmp_path / "data"
+    proc, _ = build("--manual_dir", src, "--data_dir", data)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # Relabelled, then given back the original's time, as `tar` and `rsync -t` leave files.
+    label = src / "label" / "2.tif"
+    before = label.stat()
+    fake_sources.write_geotiff(label, np.full((32, 32), 5, np.uint8))
+    os.utime(label, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = label.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    proc, _ = build("--manual_dir", src, "--data_dir", data)
+    assert_one_line_error(proc, "since then", "label changed", "--overwrite")
+    proc, _ = script(
+        "train.py", "--config", REPO / "configs" / "pie.py:runlocal", "--workdir",
+        tmp_path / "run", f"--config.data.data_dir={data}",
+    )  # fmt: skip
+    assert_one_line_error(proc, "since then", "label changed", "--overwrite")
+
+
+def test_a_build_whose_fingerprint_has_no_content_hashes_is_not_taken_as_current(tmp_path):
+    from asanet_jax.data import build as datasets
+
+    src = fake_sources.write_pie(tmp_path / "PIE", ["1", "2"], ["3"])
+    data = tmp_path / "data"
+    datasets.build("pie_rgb_sar", data, src)
+    # What asanet-jax recorded before content hashes: folders by names, sizes and times.
+    old = {}
+    for part in ("rgb", "sar", "label"):
+        paths = sorted(p for p in (src / part).rglob("*") if p.is_file())
+        entries = [
+            (p.relative_to(src / part).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in paths
+        ]
+        digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+        old[part] = {"digest": digest, "files": len(entries)}
+    for part in ("train.txt", "val.txt"):
+        old[part] = {"digest": hashlib.sha256((src / part).read_bytes()).hexdigest(), "files": 1}
+    (meta,) = data.glob("pie_rgb_sar/*/metadata.json")
+    recorded = json.loads(meta.read_text())
+    recorded["source"] = {"manual_dir": str(src.resolve()), "parts": old}
+    meta.write_text(json.dumps(recorded))
+    proc, _ = build("--manual_dir", src, "--data_dir", data)
+    assert_one_line_error(proc, "content", "--overwrite")
+    with pytest.raises(datasets.StaleError, match=r"content.*--overwrite"):
+        datasets.open_source(data, "pie_rgb_sar", "train")
+    proc, _ = build("--manual_dir", src, "--data_dir", data, "--overwrite")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(datasets.open_source(data, "pie_rgb_sar", "train")) == 2
+
+
+def test_a_folder_description_with_a_fraction_for_a_band_is_refused(tmp_path):
+    src = sentinel(tmp_path / "src", optical_bands=[3.5, 2, 1])
+    proc, _ = script(
+        "build_dataset.py", "rgb_sar_folder", "--manual_dir", src, "--data_dir", tmp_path / "data"
+    )
+    assert_one_line_error(
+        proc, src / "rgb_sar_folder.json", "optical_bands=[3.5, 2, 1]", "expected"
+    )
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("description", "needles"),
+    [
+        ({"optical_bands": [3.5, 2, 1]}, ["optical_bands=[3.5, 2, 1]", "band numbers"]),
+        ({"optical_bands": "3,2,1"}, ['optical_bands="3,2,1"', "list"]),
+        ({"sar_bands": [1, True, 1]}, ["sar_bands=[1, true, 1]", "integers"]),
+        ({"classes": "a,b,c"}, ['classes="a,b,c"', "list"]),
+        ({"classes": ["crop", 3, "water"]}, ['classes=["crop", 3, "water"]', "names"]),
+        ({"palette": [[0, 0, 0], [0, 0], [1, 2, 3]]}, ["palette=", "[0, 0]", "RGB"]),
+        ({"palette": [[0, 0, 0], [0, 0, 256], [1, 2, 3]]}, ["palette=", "256", "0..255"]),
+        ({"splits": ["train.txt"]}, ['splits=["train.txt"]', "object"]),
+        ({"splits": {"train": 3}}, ['splits={"train": 3}', "file"]),
+        ({"optical_dir": 1}, ["optical_dir=1", "folder"]),
+        ({"label_suffix": [".tif"]}, ['label_suffix=[".tif"]', "string"]),
+        ({"ignore_index": 1.5}, ["ignore_index=1.5", "integer"]),
+        ({"ignore_index": True}, ["ignore_index=true", "integer"]),
+        ({"label_nodata": "none"}, ['label_nodata="none"', "integer"]),
+        ({"label_map": {"1.5": 0, "2": 1}}, ['label_map key "1.5"', "integer"]),
+        ({"label_map": {"1": 1.5, "2": 0}}, ['label_map["1"]=1.5', "class id"]),
+        ({"label_map": {"1": 7, "2": 0}}, ['label_map["1"]=7', "0..2"]),
+        ({"label_map": [[1, 0]]}, ["label_map=[[1, 0]]", "object"]),
+        ({"sar_scaling": "db"}, ['sar_scaling="db"', "object"]),
+        (
+            {"sar_scaling": {"kind": "db_range", "min": "-25", "max": 0}},
+            ['sar_scaling.min="-25"', "number"],
+        ),
+        (
+            {"sar_scaling": {"kind": "percentile", "low": 2, "high": 150}},
+            ["sar_scaling.high=150", "0..100"],
+        ),
+        ({"nodata": False}, ["nodata=false", "'ignore' or 'error'"]),
+        ({"optical_mean": 3}, ["optical_mean=3", "list"]),
+        ({"sar_std": [1, "2", 3]}, ['sar_std=[1, "2", 3]', "numbers"]),
+        ({"name": 5}, ["name=5", "string"]),
+    ],
+)
+def test_folder_description_fields_of_the_wrong_type_are_refused_by_name(
+    tmp_path, description, needles
+):
+    from asanet_jax.data import folder_spec, io
+
+    path = tmp_path / folder_spec.SPEC_FILE
+    base = {
+        "name": "fields",
+        "splits": {"train": "train.txt", "val": "val.txt"},
+        "classes": ["crop", "forest", "water"],
+        "palette": [[255, 200, 0], [0, 128, 0], [0, 0, 255]],
+        "ignore_index": -1,
+    }
+    path.write_text(json.dumps(base))
+    folder_spec.FolderSpec.load(path)  # the base is valid
+    path.write_text(json.dumps(base | description))
+    with pytest.raises(io.DataError) as raised:
+        folder_spec.FolderSpec.load(path)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"{path}: "), message
+    for needle in [*needles, "expected"]:
+        assert needle in message, (needle, message)
+
+
+def test_a_folder_description_that_is_not_an_object_is_refused(tmp_path):
+    from asanet_jax.data import folder_spec, io
+
+    path = tmp_path / folder_spec.SPEC_FILE
+    path.write_text('["fields"]')
+    with pytest.raises(io.DataError, match="a JSON object"):
+        folder_spec.FolderSpec.load(path)
+
+
+def test_fractional_label_values_are_refused_not_truncated(tmp_path):
+    import rasterio
+
+    src = sentinel(tmp_path / "src")
+    label = src / "label" / "b.tif"
+    with rasterio.open(label) as f:
+        values, transform = f.read(1).astype(np.float32), f.transform
+    values[3, 4] = 1.5
+    fake_sources.write_geotiff(
+        label, values, crs=fake_sources.SENTINEL_CRS, transform=transform, nodata=-1
+    )
+    proc, _ = script(
+        "build_dataset.py", "rgb_sar_folder", "--manual_dir", src, "--data_dir", tmp_path / "data"
+    )
+    assert_one_line_error(proc, label, "1.5", "integer")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    from asanet_jax.data import folder_spec, io
+
+    names = tmp_path / "train.txt"
+    names.write_text("c0\nc1\n", encoding="utf-8-sig")
+    assert names.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert io.read_name_list(names) == ["c0", "c1"]
+    names.write_bytes(b"c0\n\xff\xfec1\n")
+    with pytest.raises(io.DataError, match=f"{names}: .*UTF-8"):
+        io.read_name_list(names)
+    src = sentinel(tmp_path / "src")
+    spec = src / folder_spec.SPEC_FILE
+    spec.write_text(spec.read_text(), encoding="utf-8-sig")
+    assert folder_spec.FolderSpec.load(spec).name == "s1s2_fields"
+
+
+def test_a_failed_build_leaves_nothing_in_the_data_dir(tmp_path):
+    def listing(folder):
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+    bad = sentinel(tmp_path / "bad", name="forests")
+    fake_sources.write_geotiff(
+        bad / "sar" / "b.tif", np.zeros((32, 32, 2), np.float32), crs=fake_sources.SENTINEL_CRS
+    )
+    data = tmp_path / "data"
+    build_folder = ("build_dataset.py", "rgb_sar_folder", "--manual_dir")
+    proc, _ = script(*build_folder, bad, "--data_dir", data)
+    assert_one_line_error(proc, "differ in geotransform", bad / "sar" / "b.tif")
+    assert not data.exists()
+    data.mkdir()
+    (data / "notes.txt").write_text("mine")
+    proc, _ = script(*build_folder, bad, "--data_dir", data)
+    assert_one_line_error(proc, "differ in geotransform")
+    assert listing(data) == ["notes.txt"]
+    pie = fake_sources.write_pie(tmp_path / "PIE", ["1", "2"], ["3"])
+    (pie / "label" / "3.tif").unlink()
+    proc, _ = build("--manual_dir", pie, "--data_dir", data)
+    assert_one_line_error(proc, pie / "label" / "3.tif")
+    assert listing(data) == ["notes.txt"]
+    # Beside a dataset built before, a failed one leaves no folder of its own either.
+    proc, _ = script(*build_folder, sentinel(tmp_path / "good", name="fields"), "--data_dir", data)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before = listing(data)
+    proc, _ = script(*build_folder, bad, "--data_dir", data)
+    assert_one_line_error(proc, "differ in geotransform")
+    assert listing(data) == before

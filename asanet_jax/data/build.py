@@ -75,21 +75,17 @@ def build(
             builder = make()
         elif manual_dir is not None:
             recorded = (builder.info.metadata or {}).get("source")
-            current = fingerprint.fingerprint(
-                manual_dir, list(recorded["parts"]) if recorded else []
-            )
-            changed = fingerprint.changes(recorded, current) if recorded else []
-            if changed:
-                raise StaleError(
-                    f"{built}: built from {recorded['manual_dir']}, and since then "
-                    f"{'; '.join(changed)}; rebuild with --overwrite"
-                )
+            root = pathlib.Path(manual_dir)
+            reason = fingerprint.stale(recorded, builder.data_root(root)) if recorded else None
+            if reason:
+                raise StaleError(f"{built}: {reason}; rebuild with --overwrite")
     download_config = tfds.download.DownloadConfig(
         manual_dir=str(manual_dir) if manual_dir is not None else None
     )
-    # TFDS writes into a temporary folder and renames it when complete; the empty folders
-    # it creates around it are removed too when the build fails.
-    created = [p for p in _scaffolding(pathlib.Path(data_dir), name) if not p.exists()]
+    # TFDS writes into a temporary folder and renames it when complete; the folders it
+    # creates around it are removed too when the build fails.
+    scaffolding = _scaffolding(pathlib.Path(data_dir), name, pathlib.Path(builder.data_dir))
+    created = [p for p in scaffolding if not p.exists()]
     try:
         with files.disk_errors_as_oserror(data_dir):
             builder.download_and_prepare(download_config=download_config)
@@ -100,13 +96,26 @@ def build(
     return builder
 
 
-def _scaffolding(data_dir: pathlib.Path, name: str) -> list[pathlib.Path]:
-    return [data_dir / name, data_dir / "downloads", data_dir]
+def _scaffolding(data_dir: pathlib.Path, name: str, built: pathlib.Path) -> list[pathlib.Path]:
+    """What TFDS creates around the build `built` of `name`, innermost first: the folder of
+    its config (builders with configs), `<name>/.config` (TFDS's record of the builder's
+    default config, written as a build starts), `<name>`, `downloads` and `data_dir`."""
+    return [
+        built.parent,
+        data_dir / name / ".config",
+        data_dir / name,
+        data_dir / "downloads",
+        data_dir,
+    ]
 
 
 def _remove_if_empty(path: pathlib.Path) -> None:
-    """Remove `path` if it holds nothing but empty folders."""
-    if path.is_dir() and not any(p.is_file() or p.is_symlink() for p in path.rglob("*")):
+    """Remove `path` if it holds nothing but empty folders (and, for `.config`, TFDS's
+    record of the default config, which only a build writes)."""
+    kept = {path / "metadata.json"} if path.name == ".config" else set()
+    if path.is_dir() and not any(
+        (p.is_file() or p.is_symlink()) and p not in kept for p in path.rglob("*")
+    ):
         shutil.rmtree(path)
 
 
@@ -147,12 +156,11 @@ def open_split(data_dir, name: str, split: str, config: str | None = None):
     """(random-access source of `split`, DatasetInfo) of a built dataset, read without TF."""
     builder = tfds.builder_from_directory(str(builder_dir(data_dir, name, config)))
     recorded = (builder.info.metadata or {}).get("source")
-    changed = fingerprint.recheck(recorded) if recorded else None
-    if changed:
+    reason = fingerprint.stale(recorded) if recorded else None
+    if reason:
         raise StaleError(
-            f"{builder.data_dir}: built from {recorded['manual_dir']}, and since then "
-            f"{'; '.join(changed)}; rebuild it (scripts/build_dataset.py {name} --manual_dir "
-            f"{recorded['manual_dir']} --data_dir {data_dir} --overwrite)"
+            f"{builder.data_dir}: {reason}; rebuild it (scripts/build_dataset.py {name} "
+            f"--manual_dir {recorded['manual_dir']} --data_dir {data_dir} --overwrite)"
         )
     if split not in builder.info.splits:
         raise io.DataError(

@@ -110,13 +110,14 @@ class RgbSarBuilder(tfds.core.GeneratorBasedBuilder):
     def read_pair(
         self, optical_path: pathlib.Path, sar_path: pathlib.Path, label_path: pathlib.Path
     ) -> tuple[io.Raster, io.Raster, io.Raster]:
-        """Read one example's three files, checking bands and sizes."""
+        """Read one example's three files, checking bands, sizes and whole-number labels."""
         optical = io.read_raster(optical_path)
         sar = io.read_raster(sar_path)
         label = io.read_raster(label_path)
         io.check_band_count(optical_path, optical, self.OPTICAL_BANDS, "optical")
         io.check_band_count(sar_path, sar, self.SAR_BANDS, "SAR")
         io.check_band_count(label_path, label, (1,), "label")
+        io.check_integer_labels(label_path, label)
         rasters = {
             "optical": (optical_path, optical),
             "SAR": (sar_path, sar),

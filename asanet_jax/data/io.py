@@ -152,11 +152,25 @@ def find_file(
     raise DataError(f"missing {role} file for {stem!r}: none of {tried} exists")
 
 
+def read_text(path: pathlib.Path, what: str = "text file") -> str:
+    """The text of a UTF-8 file, without the byte order mark some editors write first;
+    DataError naming the file if it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: {what} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
+        ) from e
+
+
 def read_name_list(path: pathlib.Path) -> list[str]:
-    """A split file: one name per line, blank lines ignored; DataError if missing or empty."""
+    """A split file: one name per line, blank lines ignored; DataError if missing or empty.
+
+    The file is read as UTF-8; a byte order mark at its start is not part of the first name.
+    """
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in read_text(path, "split file").splitlines() if line.strip()]
     if not names:
         raise DataError(f"{path}: split file lists no examples")
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -214,6 +228,20 @@ def check_band_count(path: pathlib.Path, raster: Raster, allowed: tuple[int, ...
         raise DataError(
             f"{path}: {role} image has {raster.bands} band(s); "
             f"expected {' or '.join(map(str, allowed))}"
+        )
+
+
+def check_integer_labels(path: pathlib.Path, raster: Raster) -> None:
+    """DataError if a float label file holds finite values that are not whole numbers
+    (1.5 would otherwise become class 1); NaN is left to the nodata handling."""
+    if not np.issubdtype(raster.data.dtype, np.floating):
+        return
+    values = np.unique(raster.data[np.isfinite(raster.data)])
+    bad = values[values != np.round(values)]
+    if bad.size:
+        raise DataError(
+            f"{path}: label values {bad.tolist()[:10]} are not integers; expected integer "
+            "label values (class ids, or values your dataset description maps to them)"
         )
 
 
