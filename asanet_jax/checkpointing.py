@@ -15,7 +15,9 @@ checkpoint, and ``overwrite`` replaces only a model directory: a folder holding 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import re
 import time
 
 import jax
@@ -36,35 +38,96 @@ class ModelCheckpointError(ValueError):
     """A model directory that is missing, incomplete or does not fit its config."""
 
 
-def is_model_dir(path) -> bool:
-    """A folder holding just ``model.json`` and ``weights/``, as ``save_model`` writes."""
+# The files orbax writes for one checkpoint item (OCDBT layout), relative to the item's
+# folder: how a folder of orbax's is told from one that also holds someone else's files.
+ORBAX_FILE = (
+    r"(_CHECKPOINT_METADATA|_METADATA|_sharding|manifest\.ocdbt|commit_success\.txt|metadata"
+    r"|metrics|array_metadatas/process_\d+|d/[0-9a-f]+|ocdbt\.process_\d+/(manifest\.ocdbt|d/[0-9a-f]+))"
+)
+# model.json's list of the files orbax wrote under weights/ (relative paths).
+WEIGHTS_FILES = "weights_files"
+
+
+def files_under(folder: pathlib.Path) -> list[str]:
+    """Every file (and link) below `folder`, as sorted relative POSIX paths."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_symlink() or not p.is_dir()
+    )
+
+
+def foreign_files(folder: pathlib.Path, pattern: str) -> list[str]:
+    """The files below `folder` whose relative path does not fully match `pattern`."""
+    ours = re.compile(pattern)
+    return [name for name in files_under(folder) if not ours.fullmatch(name)]
+
+
+def not_written_by_save(path) -> list[str] | None:
+    """What the folder `path` holds that ``save_model`` did not write: [] for a model
+    directory exactly as written, None when it is no model directory at all (no
+    ``model.json`` and ``weights/`` side by side).
+
+    The files under ``weights/`` are compared with the list ``model.json`` records; a
+    directory written before that list existed is compared with orbax's file names.
+    """
     path = pathlib.Path(path)
-    if not path.is_dir() or path.is_symlink():
-        return False
-    return {p.name for p in path.iterdir()} == {CONFIG_FILE, WEIGHTS_DIR} and (
-        path / WEIGHTS_DIR
-    ).is_dir()
+    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_DIR).is_dir():
+        return None
+    extra = sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in path.iterdir()
+        if p.name not in (CONFIG_FILE, WEIGHTS_DIR)
+    )
+    try:
+        recorded = json.loads((path / CONFIG_FILE).read_text()).get(WEIGHTS_FILES)
+    except (ValueError, AttributeError):
+        return [*extra, f"{CONFIG_FILE} (not a model description)"]
+    weights = path / WEIGHTS_DIR
+    if isinstance(recorded, list):
+        unknown = sorted(set(files_under(weights)) - set(recorded))
+    else:
+        unknown = foreign_files(weights, ORBAX_FILE)
+    return extra + [f"{WEIGHTS_DIR}/{name}" for name in unknown]
+
+
+def is_model_dir(path) -> bool:
+    """A folder holding just ``model.json`` and the weights, exactly as ``save_model``
+    writes them (not a link to one)."""
+    path = pathlib.Path(path)
+    return path.is_dir() and not path.is_symlink() and not_written_by_save(path) == []
 
 
 def check_replaceable(directory: pathlib.Path, overwrite: bool) -> None:
     """Refuse to write a model directory over anything but a model directory.
 
     Raises:
-      FileExistsError: `directory` exists and is a file, or overwrite is off, or it is
-        not a model directory (naming what it holds).
+      FileExistsError: `directory` exists and is a file or a link, or overwrite is off,
+        or it is not a model directory exactly as written (naming what else it holds).
     """
     if not (directory.exists() or directory.is_symlink()):
         return
+    if directory.is_symlink():
+        raise FileExistsError(
+            f"{directory} is a symbolic link (to {os.readlink(directory)}); a model directory "
+            "is never written through a link: give the folder itself"
+        )
     if not directory.is_dir():
         raise FileExistsError(f"{directory} is a file; a model directory cannot be written there")
     if not overwrite:
         raise FileExistsError(f"{directory} already exists; --overwrite replaces it")
-    if not is_model_dir(directory):
+    foreign = not_written_by_save(directory)
+    if foreign is None:
         held = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
-        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        shown = files.listed(held)
         raise FileExistsError(
             f"{directory} is not a model directory (it holds {shown or 'nothing'}); "
             "--overwrite replaces only a folder holding just model.json and weights/"
+        )
+    if foreign:
+        raise FileExistsError(
+            f"{directory} holds files that no model save wrote ({files.listed(foreign)}); "
+            "--overwrite replaces only a model directory exactly as written: move them out first"
         )
 
 
@@ -102,6 +165,8 @@ def save_model(
         ):
             ckptr.save(tmp / WEIGHTS_DIR, pure)
         doc = {"model": to_config(model.config).to_dict(), **(metadata or {})}
+        # What orbax wrote, so that --overwrite can tell it from anything added later.
+        doc[WEIGHTS_FILES] = files_under(tmp / WEIGHTS_DIR)
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, default=list) + "\n")
         interrupts.check()
     return directory
@@ -121,9 +186,13 @@ def read_metadata(directory) -> dict:
             "as written by scripts/convert_torch_weights.py or training)"
         )
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ModelCheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise ModelCheckpointError(f'{path}: not a model description (no "model" object)')
+    meta.pop(WEIGHTS_FILES, None)  # bookkeeping of save_model, not metadata
+    return meta
 
 
 def _on_this_process(target):

@@ -34,27 +34,58 @@ def describe(error: BaseException) -> str:
 
 
 class _Interrupts:
-    """SIGINT while a script runs: raise KeyboardInterrupt, and remember that it came.
+    """SIGINT in a script, from its first statement to its exit: remember that it came, and
+    raise KeyboardInterrupt only where that is safe.
 
-    Python runs a signal handler wherever the main thread is. In a garbage-collection
-    callback (JAX registers one) the KeyboardInterrupt would be printed and dropped, so
-    there the signal is sent again 20 ms later. Raised inside Python code that C++ called
-    (JAX's pytree code), it can come out as another error; ``run`` then still reports the
-    interrupt, since one came.
+    - While the script starts (``hold_interrupts`` until ``run`` calls ``main``): imports,
+      flag parsing and config files. A KeyboardInterrupt raised inside an import, or
+      inside Python code that C++ called while a native module initialises, can leave a
+      half-imported module, be swallowed, or abort the interpreter; so it is only noted,
+      and ``run`` reports it before ``main`` starts.
+    - Inside a garbage-collection callback (JAX registers one) it would be printed and
+      dropped, and inside an import (a lazy one, later) it can be swallowed: there the
+      signal is sent again 20 ms later, until it lands elsewhere.
+    - Raised inside Python code that C++ called (JAX's pytree code), it can come out as
+      another error; ``run`` still reports the interrupt, since ``seen`` is set.
     """
 
     def __init__(self):
         self.seen = False
+        self.starting = True
 
     def __call__(self, signum, frame) -> None:
         self.seen = True
-        codes = {getattr(callback, "__code__", None) for callback in gc.callbacks}
-        while frame is not None:
-            if frame.f_code in codes:
-                threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT)).start()
-                return
-            frame = frame.f_back
+        if self.starting:
+            return
+        if _unsafe_to_raise(frame):
+            threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT)).start()
+            return
         raise KeyboardInterrupt
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self)
+
+
+def _unsafe_to_raise(frame) -> bool:
+    """Whether `frame` runs inside a gc callback or the import machinery."""
+    callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        code = frame.f_code
+        if code in callbacks or code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+# One per process: the handler from a script's first statement is the one `run` uses.
+_INTERRUPTS = _Interrupts()
+
+
+def hold_interrupts() -> None:
+    """Call first in a script, before its heavy imports: a Ctrl-C from then on, however
+    early, ends the script with ``interrupted`` and status 130 (see ``_Interrupts``)."""
+    _INTERRUPTS.install()
 
 
 def show_messages() -> None:
@@ -80,10 +111,14 @@ class _MessageHandler(logging.StreamHandler):
 def run(main: Callable[[], int | None]) -> int:
     """Call ``main()``; map user errors and Ctrl-C to one line and an exit status."""
     show_messages()
-    interrupts = _Interrupts()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, interrupts)
+    interrupts = _INTERRUPTS
+    interrupts.install()  # for a script that did not call hold_interrupts
+    if not interrupts.starting:  # run() again in one process: a fresh start
+        interrupts.seen = False
     try:
+        interrupts.starting = False
+        if interrupts.seen:  # during start-up: report it before any work
+            raise KeyboardInterrupt
         status = main() or 0
         # The work is done: an interrupt during interpreter shutdown would only print noise.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -122,33 +122,65 @@ def check_free_space(folder, needed_bytes: int) -> None:
         )
 
 
-@contextlib.contextmanager
-def disk_errors_as_oserror(path):
-    """Re-raise a writer's 'no space' or 'read-only' failure as the OSError it is.
+# A disk with less free space than this after a failed write is taken as full: GDAL
+# (through rasterio) and torch report a full disk as "write failed", without the reason.
+_FULL = 1 << 20
 
-    Orbax and TensorStore report them as ValueErrors (RESOURCE_EXHAUSTED ...) and log
-    each failed write; the logs are held back while the write runs, since the raised
-    error says it once.
+
+@contextlib.contextmanager
+def disk_errors_as_oserror(path, quiet: tuple[str, ...] = ("absl",)):
+    """Re-raise a writer's 'no space', 'read-only' or 'permission' failure as the OSError
+    it is, naming `path` (the output, not the temporary that was being written).
+
+    Orbax and TensorStore report them as ValueErrors (RESOURCE_EXHAUSTED ...), torch as
+    RuntimeErrors and GDAL as rasterio errors that say only "write failed"; a failure
+    that leaves `path`'s disk (nearly) full is reported as a full disk. The loggers in
+    `quiet`, with which the writers log each failed write, are held back while the block
+    runs, since the raised error says it once.
     """
     import logging
 
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.CRITICAL)
+    loggers = [logging.getLogger(name) for name in quiet]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
-    except (ValueError, RuntimeError) as e:
+    except Exception as e:
+        code = e.errno if isinstance(e, OSError) else None
         text = str(e)
-        for code, marker in (
-            (errno.ENOSPC, "No space left on device"),
-            (errno.EROFS, "Read-only file system"),
-            (errno.EACCES, "Permission denied"),
-        ):
-            if marker in text:
-                raise OSError(code, marker, str(path)) from None
+        for errno_code, marker in _DISK_ERRORS:
+            if code == errno_code or marker in text:
+                raise OSError(errno_code, marker, str(path)) from None
+        if _free_bytes(pathlib.Path(path)) < _FULL:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
         raise
     finally:
-        absl_logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+_DISK_ERRORS = (
+    (errno.ENOSPC, "No space left on device"),
+    (errno.EDQUOT, "Disk quota exceeded"),
+    (errno.EROFS, "Read-only file system"),
+    (errno.EACCES, "Permission denied"),
+)
+
+
+def _free_bytes(path: pathlib.Path) -> int:
+    """Free bytes on the disk of `path`, or of its nearest existing folder."""
+    for folder in (path, *path.absolute().parents):
+        if folder.is_dir():
+            return shutil.disk_usage(folder).free
+    return _FULL
+
+
+def listed(names, at_most: int = 5) -> str:
+    """A message's short listing of names: the first `at_most`, then how many more."""
+    names = list(names)
+    more = f" and {len(names) - at_most} more" if len(names) > at_most else ""
+    return ", ".join(map(str, names[:at_most])) + more
 
 
 def write_text(dest, text: str) -> pathlib.Path:

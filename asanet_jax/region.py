@@ -243,6 +243,124 @@ class _Inputs:
         return self.by_inode.get((stat.st_dev, stat.st_ino))
 
 
+SUMMARY_KIND = "asanet_jax scene prediction summary"
+
+
+def is_our_summary(path: pathlib.Path) -> bool:
+    """Whether `path` is a summary JSON that scene prediction wrote (``summary``)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    # Summaries of 0.2.0 carried no "kind"; theirs were exactly these three keys.
+    return data.get("kind") == SUMMARY_KIND or set(data) == {"settings", "scenes", "total"}
+
+
+def _unwritable(folder: pathlib.Path) -> str | None:
+    """Why files cannot be created in `folder`, or None."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return None
+    read_only = os.statvfs(folder).f_flag & os.ST_RDONLY
+    return "it is on a read-only file system" if read_only else "permission denied"
+
+
+def _folder_problem(out: pathlib.Path, new_folders: set[pathlib.Path]) -> str | None:
+    """Why `out`'s folder cannot take it: missing (unless the run creates it), or not
+    writable (for a folder the run creates: its nearest existing parent)."""
+    folder = out.absolute().parent
+    if not folder.is_dir():
+        if folder not in new_folders:
+            return f"{out}: the folder {folder} does not exist"
+        folder = next(p for p in folder.parents if p.exists())
+        if not folder.is_dir():
+            return f"{out}: {folder} is a file, so {out.parent} cannot be created"
+    return _unwritable_folder(out, folder)
+
+
+def _unwritable_folder(out: pathlib.Path, folder: pathlib.Path) -> str | None:
+    reason = _unwritable(folder)
+    return f"{out}: cannot write into {folder}: {reason}" if reason else None
+
+
+def unwritable_outputs(pairs: list[Pair], summary: pathlib.Path | None = None) -> list[str]:
+    """The outputs (label rasters and `summary`) whose existing folder cannot be written,
+    one per folder: what can be told before the model is read. ``check_outputs`` finds
+    these again among the rest."""
+    problems, folders = [], set()
+    for out in [pair.output for pair in pairs] + ([summary] if summary is not None else []):
+        folder = pathlib.Path(out).absolute().parent
+        if folder in folders or not folder.is_dir():
+            continue
+        folders.add(folder)
+        problem = _unwritable_folder(pathlib.Path(out), folder)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def check_outputs(
+    pairs: list[Pair],
+    extras: dict | None = None,
+    *,
+    summary: pathlib.Path | None = None,
+    new_folders=(),
+    overwrite: bool = False,
+) -> tuple[list[str], set[int]]:
+    """What is wrong with the output paths, found without reading any raster: an output
+    that is an input (through links too), one output given twice, a folder, a folder that
+    does not exist or cannot be written. `summary` is held to the same rules, and an
+    existing file there is replaced only if scene prediction wrote it, or with
+    `overwrite`. `new_folders` are folders the run creates (a glob's output folder).
+
+    Returns the problems (each naming the file) and the indices of the pairs that have
+    one; the first problem of a pair is enough.
+    """
+    extras = extras or {}
+    new_folders = {pathlib.Path(f).absolute() for f in new_folders}
+    problems, bad = [], set()
+    inputs = _Inputs([p for pair in pairs for p in (pair.optical, pair.sar)])
+    claimed: dict[pathlib.Path, str] = {}
+
+    def problem_of(out: pathlib.Path, owner: str) -> str | None:
+        given = inputs.find(out)
+        found = None
+        if given is not None:
+            found = f"{out}: this is the input {given}; choose another output"
+        elif out.resolve() in claimed:
+            found = f"{out}: also an output of {claimed[out.resolve()]}"
+        elif out.is_dir():
+            found = f"{out} is a folder; expected the path of a file to write"
+        else:
+            found = _folder_problem(out, new_folders)
+        claimed.setdefault(out.resolve(), owner)
+        return found
+
+    for i, pair in enumerate(pairs):
+        where = f"{pair.where}: " if pair.where else ""
+        paths = scene_outputs.OutputPaths.beside(pair.output, **extras)
+        # The label raster first.
+        for out in sorted(paths.all(), key=lambda p: p != paths.labels):
+            found = problem_of(out, pair.where or str(pair.optical))
+            if found:
+                problems.append(where + found)
+                bad.add(i)
+                break
+    if summary is not None:
+        summary = pathlib.Path(summary)
+        found = problem_of(summary, "--summary")
+        exists = summary.exists() or summary.is_symlink()
+        if found is None and exists and not overwrite and not is_our_summary(summary):
+            found = (
+                f"--summary {summary} already exists and was not written by scene "
+                "prediction; --overwrite replaces it"
+            )
+        if found:
+            problems.append(found if found.startswith("--summary") else f"--summary {found}")
+    return problems, bad
+
+
 def check(
     pairs: list[Pair],
     spec,
@@ -253,18 +371,22 @@ def check(
     min_side: int,
     align: bool = False,
     extras: dict | None = None,
+    summary: pathlib.Path | None = None,
+    new_folders=(),
     overwrite: bool = False,
 ) -> Plan:
     """Open and check every pair and its outputs; one DataError listing every problem.
 
     `settings` (model digest, window, ...) goes into each pair's key; `extras` are the
     optional outputs asked for (``OutputPaths.beside`` keywords); `min_side` is the
-    smallest scene side the model takes."""
+    smallest scene side the model takes; `summary`, `new_folders`: see
+    ``check_outputs``."""
     extras = extras or {}
-    problems, scenes, outputs, keys, complete, windows = [], [], [], [], [], []
-    inputs = _Inputs([p for pair in pairs for p in (pair.optical, pair.sar)])
-    claimed: dict[pathlib.Path, str] = {}
-    for pair in pairs:
+    problems, bad_outputs = check_outputs(
+        pairs, extras, summary=summary, new_folders=new_folders, overwrite=overwrite
+    )
+    scenes, outputs, keys, complete, windows = [], [], [], [], []
+    for i, pair in enumerate(pairs):
         where = f"{pair.where}: " if pair.where else ""
         try:
             found = scene.open_scene(pair.optical, pair.sar, spec, align)
@@ -275,24 +397,6 @@ def check(
             problems.append(f"{where}{e}")
             found, count = None, 0
         paths = scene_outputs.OutputPaths.beside(pair.output, **extras)
-        output_problem = False
-        # The label raster first; the first problem of a pair's outputs is enough.
-        for out in sorted(paths.all(), key=lambda p: p != paths.labels):
-            given = inputs.find(out)
-            problem = None
-            if given is not None:
-                problem = f"{out}: this is the input {given}; choose another output"
-            elif out.resolve() in claimed:
-                problem = f"{out}: also an output of {claimed[out.resolve()]}"
-            elif out.is_dir():
-                problem = f"{out} is a folder; expected the path of a file to write"
-            elif not out.absolute().parent.is_dir():
-                problem = f"{out}: the folder {out.absolute().parent} does not exist"
-            claimed.setdefault(out.resolve(), pair.where or str(pair.optical))
-            if problem:
-                problems.append(where + problem)
-                output_problem = True
-                break
         key = {
             **settings,
             "warped": found is not None and found.warp_sar,  # not the flag: what it did
@@ -304,7 +408,7 @@ def check(
         }
         found_keys = {p: existing_key(p) for p in paths.all()} if found is not None else {}
         done = found is not None and all(k == key for k in found_keys.values())
-        if found is not None and not done and not overwrite and not output_problem:
+        if found is not None and not done and not overwrite and i not in bad_outputs:
             for out, old in found_keys.items():
                 if out.is_file() and old != key:
                     problems.append(f"{where}{_conflict(out, old, key)}; --overwrite replaces it")
@@ -314,9 +418,15 @@ def check(
         complete.append(done)
         windows.append(count)
     if problems:
-        head = f"{len(problems)} problem(s) found before any work started:\n  "
-        raise io.DataError(problems[0] if len(problems) == 1 else head + "\n  ".join(problems))
+        raise io.DataError(listing(problems))
     return Plan(pairs, scenes, outputs, keys, complete, windows)
+
+
+def listing(problems: list[str]) -> str:
+    """One problem as it is; several as a count and an indented list."""
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problem(s) found before any work started:\n  " + "\n  ".join(problems)
 
 
 def _conflict(out: pathlib.Path, old: dict | None, key: dict) -> str:
@@ -402,7 +512,13 @@ def run(
                     },
                     on_windows=bar.update,
                 )
-            except (ValueError, OSError) as e:  # which scene first, then the reason
+            except OSError as e:
+                if e.filename is not None:  # it names its file (a full disk: the output)
+                    raise
+                pair = plan.pairs[i]
+                where = pair.where or f"{pair.optical} / {pair.sar}"
+                raise io.DataError(f"{where}: {type(e).__name__}: {e}") from e
+            except ValueError as e:  # which scene first, then the reason
                 pair = plan.pairs[i]
                 where = pair.where or f"{pair.optical} / {pair.sar}"
                 raise io.DataError(f"{where}: {type(e).__name__}: {e}") from e
@@ -440,6 +556,7 @@ def summary(plan: Plan, settings: dict, labelled: set[int], seconds: float) -> d
     ran = [r for i, r in enumerate(records) if i in labelled and "windows" in r]
     total_windows = sum(r["windows"] for r in ran)
     return {
+        "kind": SUMMARY_KIND,
         "settings": settings,
         "scenes": records,
         "total": {

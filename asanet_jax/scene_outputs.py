@@ -121,9 +121,14 @@ class SceneWriter:
         self.labelled = 0  # pixels given a class
         self.km2 = 0.0  # their area
 
+    def _disk(self, path=None):
+        """GDAL's failures of a full or read-only disk as one OSError naming the output."""
+        return files.disk_errors_as_oserror(path or self.paths.labels, quiet=("rasterio",))
+
     def __enter__(self):
         try:
-            self._create()
+            with self._disk():
+                self._create()
         except BaseException:
             self.__exit__()
             raise
@@ -153,6 +158,10 @@ class SceneWriter:
                 dst.scales = (0.01,) * count
 
     def write(self, top: int, logits: np.ndarray, missing: np.ndarray) -> None:
+        with self._disk():
+            self._write(top, logits, missing)
+
+    def _write(self, top: int, logits: np.ndarray, missing: np.ndarray) -> None:
         from rasterio.windows import Window
 
         window = Window(0, top, logits.shape[1], logits.shape[0])
@@ -178,6 +187,10 @@ class SceneWriter:
     def finish(self, tags: dict | None = None) -> None:
         """Add `tags`, make the COGs and the preview, and rename them into place, the
         label raster last."""
+        with self._disk():
+            self._finish(tags)
+
+    def _finish(self, tags: dict | None) -> None:
         import rasterio.shutil
 
         for dst in self._open.values():

@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+from asanet_jax import cli
+
+cli.hold_interrupts()  # first: a Ctrl-C during the imports below ends cleanly too
+
 import argparse
 import sys
 
-from asanet_jax import cli
 from asanet_jax.data import build
 
 

@@ -10,6 +10,10 @@ the reloaded model gives the same logits, and times jitted inference on this mac
 
 from __future__ import annotations
 
+from asanet_jax import cli
+
+cli.hold_interrupts()  # first: a Ctrl-C during the imports below ends cleanly too
+
 import argparse
 import pathlib
 import shutil

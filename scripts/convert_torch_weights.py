@@ -5,6 +5,10 @@
         --torch_checkpoint convnext-v2-tiny_in1k.pth --output ckpt/init --set num_classes=6
 """
 
+from asanet_jax import cli
+
+cli.hold_interrupts()  # first: a Ctrl-C during the imports below ends cleanly too
+
 import sys
 
 from asanet_jax.convert.cli import convert_main

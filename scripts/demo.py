@@ -8,6 +8,10 @@ metrics are printed again) unless --overwrite is given.
 
 from __future__ import annotations
 
+from asanet_jax import cli
+
+cli.hold_interrupts()  # first: a Ctrl-C during the imports below ends cleanly too
+
 import argparse
 import json
 import pathlib
@@ -18,7 +22,7 @@ import numpy as np
 from absl import logging
 
 import asanet_jax
-from asanet_jax import cli, inference, metrics, visualize
+from asanet_jax import inference, metrics, visualize
 from asanet_jax.data import build, transforms
 from asanet_jax.train import recipe, trainer
 

@@ -16,11 +16,15 @@ unless --split is given. Writes <out>/metrics.json, <out>/confusion.png and
 
 from __future__ import annotations
 
+from asanet_jax import cli
+
+cli.hold_interrupts()  # first: a Ctrl-C during the imports below ends cleanly too
+
 from absl import flags, logging
 from ml_collections import config_flags
 
 import asanet_jax
-from asanet_jax import cli, evaluation, inference, loading, metrics
+from asanet_jax import evaluation, inference, loading, metrics
 from asanet_jax.data import build
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:variant]).")

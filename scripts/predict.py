@@ -23,6 +23,10 @@ An official .pth/.safetensors records none: name its dataset with --dataset
 
 from __future__ import annotations
 
+from asanet_jax import cli
+
+cli.hold_interrupts()  # first: a Ctrl-C during the imports below ends cleanly too
+
 import pathlib
 import sys
 import time
@@ -31,7 +35,8 @@ import types
 from absl import flags, logging
 
 import asanet_jax
-from asanet_jax import cli, evaluation, inference, loading, region, scene
+from asanet_jax import evaluation, inference, loading, region, scene
+from asanet_jax.data import io
 
 flags.DEFINE_string("checkpoint", None, "Model directory or official .pth/.safetensors.")
 flags.DEFINE_string("optical", None, "Optical GeoTIFF, or a glob of them (with --output_dir).")
@@ -91,7 +96,6 @@ def pairs_from_flags(f) -> list[region.Pair]:
     if any(c in f.optical + f.sar for c in GLOB_CHARS):
         if not f.output_dir or f.output:
             raise ValueError("globs write into --output_dir (and take no --output)")
-        pathlib.Path(f.output_dir).mkdir(parents=True, exist_ok=True)
         return region.match_globs(f.optical, f.sar, f.output_dir)
     if not f.output or f.output_dir:
         raise ValueError("one scene writes --output (--output_dir is for globs)")
@@ -106,9 +110,16 @@ def main(argv) -> int:
         )
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
-    if f.prefetch < 1:
-        raise ValueError(f"--prefetch={f.prefetch}: expected at least 1 batch")
+    for name, least in (("window", 1), ("stride", 1), ("batch_size", 1), ("prefetch", 1)):
+        if f[name].value is not None and f[name].value < least:
+            raise ValueError(f"--{name}={f[name].value}: expected a positive number")
     pairs = pairs_from_flags(f)
+    summary_path = f.summary or (
+        pairs[0].output.parent / "predict_summary.json" if len(pairs) > 1 else None
+    )
+    extras = dict(confidence=f.confidence, probabilities=f.probabilities, preview=f.preview)
+    # A glob's output folder is created once every check has passed.
+    new_folders = [f.output_dir] if f.output_dir else []
     from asanet_jax.train import sharding
 
     sharding.maybe_initialize_distributed(
@@ -120,6 +131,11 @@ def main(argv) -> int:
     )
     import jax
 
+    count = jax.process_count()
+    # Folders that cannot be written are reported before the model is read (the full check
+    # below needs it). This first gathering also sets up the processes' links.
+    problems = region.unwritable_outputs(pairs, summary_path)
+    _agree(count, io.DataError(region.listing(problems)) if problems else None, b"")
     start = time.perf_counter()
     model, _, meta = asanet_jax.load(f.checkpoint)
     spec = loading.model_dataset(meta, f.checkpoint, f.dataset, f.data_dir)
@@ -128,22 +144,16 @@ def main(argv) -> int:
     # On CPUs one window per device is fastest (larger batches fall out of cache: 44 vs
     # 30 windows/s for micro at batch 1 vs 8); accelerators want full batches.
     per_device = 1 if jax.local_devices()[0].platform == "cpu" else 8
-    batch_size = f.batch_size or per_device * predictor.devices
+    batch_size = f.batch_size if f.batch_size is not None else per_device * predictor.devices
     settings = {  # what the outputs depend on: the run key (with the inputs)
         "model": region.model_fingerprint(model, spec),
         "window": f.window,
-        "stride": f.stride or scene.default_stride(f.window),
+        "stride": f.stride if f.stride is not None else scene.default_stride(f.window),
         "blend": f.blend,
     }
-    extras = dict(confidence=f.confidence, probabilities=f.probabilities, preview=f.preview)
-    summary_path = f.summary or (
-        pairs[0].output.parent / "predict_summary.json" if len(pairs) > 1 else None
-    )
-    index, count = jax.process_index(), jax.process_count()
+    index = jax.process_index()
     plan, failure = None, None
     try:
-        if summary_path and not pathlib.Path(summary_path).absolute().parent.is_dir():
-            raise ValueError(f"--summary {summary_path}: its folder does not exist")
         plan = region.check(
             pairs,
             spec,
@@ -153,13 +163,17 @@ def main(argv) -> int:
             min_side=model.config.min_input_side,
             align=f.align,
             extras=extras,
+            summary=summary_path,
+            new_folders=new_folders,
             overwrite=f.overwrite,
         )
     except (ValueError, OSError) as e:
         failure = e
     # Every process reaches each gathering, failed or not, so none waits for a process
-    # that has stopped; the first also sets up the processes' links while they start.
+    # that has stopped.
     _agree(count, failure, _plan_digest(plan, extras, f.overwrite) if plan else b"")
+    for folder in new_folders:
+        pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
     devices = f"{predictor.devices} {jax.local_devices()[0].platform} device(s)"
     hosts = f" on each of {count} processes" if count > 1 else ""
     if index == 0:

@@ -8,12 +8,15 @@ work directory resumes from its last checkpoint.
 
 from __future__ import annotations
 
+from asanet_jax import cli
+
+cli.hold_interrupts()  # first: a Ctrl-C during the imports below ends cleanly too
+
 import pathlib
 
 from absl import flags, logging
 from ml_collections import config_flags
 
-from asanet_jax import cli
 from asanet_jax.train import trainer
 
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:variant]).")

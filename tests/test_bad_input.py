@@ -146,6 +146,141 @@ def test_predict_refuses_to_write_over_its_input_or_an_existing_output(tmp_path,
     assert checksums(tmp_path) == before
 
 
+def scene_files(folder, side=40):
+    fake_sources.write_geotiff(folder / "opt.tif", np.full((side, side, 3), 9, np.uint8))
+    fake_sources.write_geotiff(folder / "sar.tif", np.full((side, side), 7, np.uint8))
+
+
+def test_the_summary_is_an_output_like_the_others(tmp_path, model_dir):
+    scene_files(tmp_path)
+    shutil.copy(tmp_path / "opt.tif", tmp_path / "victim.tif")  # a user's raster
+    (tmp_path / "o").mkdir()
+    listing = tmp_path / "two.csv"
+    listing.write_text("opt.tif,sar.tif,o/s1.tif\nvictim.tif,sar.tif,o/s2.tif\n")
+    common = ["--checkpoint", model_dir, "--dataset", "synthetic_rgb_sar", "--window", 64]
+    before = checksums(tmp_path)
+    proc, _ = script("predict.py", *common, "--scenes", listing, "--summary", "victim.tif",
+                     cwd=tmp_path)  # fmt: skip
+    assert_one_line_error(proc, "--summary victim.tif", "this is the input")
+    assert checksums(tmp_path) == before
+    # A user's own predict_summary.json (the default) is not ours to replace.
+    one = tmp_path / "one.csv"
+    one.write_text("opt.tif,sar.tif,o/s1.tif\nopt.tif,sar.tif,o/s2.tif\n")
+    (tmp_path / "o" / "predict_summary.json").write_text('{"mine": 1}\n')
+    before = checksums(tmp_path)
+    proc, _ = script("predict.py", *common, "--scenes", one)
+    assert_one_line_error(proc, "predict_summary.json already exists and was not written")
+    assert checksums(tmp_path) == before
+    # With --overwrite it is replaced; a summary we wrote is replaced without it.
+    proc, _ = script("predict.py", *common, "--scenes", one, "--overwrite")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc, _ = script("predict.py", *common, "--scenes", one)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"labelled": 0' in (tmp_path / "o" / "predict_summary.json").read_text()
+
+
+def test_convert_overwrite_keeps_what_it_did_not_write(tmp_path, model_dir):
+    target = tmp_path / "model"
+    shutil.copytree(model_dir, target)
+    shutil.copy(CHECKPOINT, target / "weights" / "src.pth")
+    (target / "weights" / "notes.txt").write_text("n\n")
+    before = checksums(tmp_path)
+    proc, _ = convert(target / "weights" / "src.pth", "--output", target, "--overwrite")
+    assert_one_line_error(proc, target / "weights" / "src.pth", "the source is inside --output")
+    assert checksums(tmp_path) == before
+    proc, _ = convert(CHECKPOINT, "--output", target, "--overwrite")
+    assert_one_line_error(proc, "holds files that no model save wrote", "weights/notes.txt")
+    assert checksums(tmp_path) == before
+    # A model directory written before model.json listed its weights' files: orbax's
+    # names are told from others.
+    (target / "weights" / "src.pth").unlink()
+    (target / "weights" / "notes.txt").unlink()
+    meta = json.loads((target / "model.json").read_text())
+    del meta["weights_files"]
+    (target / "model.json").write_text(json.dumps(meta))
+    assert checkpointing.is_model_dir(target)
+    (target / "weights" / "d" / "notes.txt").write_text("n\n")
+    assert checkpointing.not_written_by_save(target) == ["weights/d/notes.txt"]
+    # A link to a model directory is named as a link.
+    (target / "weights" / "d" / "notes.txt").unlink()
+    (tmp_path / "link").symlink_to(target)
+    proc, _ = convert(CHECKPOINT, "--output", tmp_path / "link", "--overwrite")
+    assert_one_line_error(proc, tmp_path / "link", "is a symbolic link", "give the folder itself")
+
+
+def test_export_refuses_an_output_inside_its_model_directory(tmp_path, model_dir):
+    target = tmp_path / "model"
+    shutil.copytree(model_dir, target)
+    before = checksums(target)
+    for output in (target / "weights" / "_METADATA", target / "model.json", target / "x.pth"):
+        proc, _ = script("export_torch_weights.py", "--checkpoint", target, "--output", output,
+                         "--overwrite")  # fmt: skip
+        assert_one_line_error(proc, output, "is inside the model directory")
+        assert checksums(target) == before
+
+
+def test_training_refuses_files_it_did_not_write_before_step_0(tmp_path):
+    demo = str(REPO / "configs" / "demo.py") + ":runlocal"
+    work = tmp_path / "w"
+    (work / "model").mkdir(parents=True)
+    (work / "config.json").write_text('{"mine": 1}\n')
+    (work / "model" / "mine.txt").write_text("m\n")
+    (work / "checkpoints" / "last").mkdir(parents=True)
+    (work / "checkpoints" / "last" / "notes.txt").write_text("n\n")
+    before = checksums(work)
+    data = f"--config.data.data_dir={tmp_path / 'data'}"
+    for extra in ([], ["--config.train.overwrite=True"]):
+        proc, _ = script("train.py", "--config", demo, "--workdir", work, data, *extra)
+        assert_one_line_error(
+            proc, "config.json (not a training config)", "it holds mine.txt",
+            "checkpoints/last/notes.txt",
+        )  # fmt: skip
+        assert checksums(work) == before and sorted(p.name for p in work.iterdir()) == [
+            "checkpoints", "config.json", "model",
+        ]  # fmt: skip
+        assert not (tmp_path / "data").exists()  # refused before the dataset was built
+
+
+def test_predict_checks_its_numbers_and_folders_before_any_work(tmp_path, model_dir):
+    scene_files(tmp_path)
+    common = ["--checkpoint", model_dir, "--dataset", "synthetic_rgb_sar"]
+    single = [*common, "--optical", tmp_path / "opt.tif", "--sar", tmp_path / "sar.tif"]
+    for flag in ("--stride=0", "--batch_size=0", "--window=0", "--prefetch=0"):
+        proc, _ = script("predict.py", *single, "--output", tmp_path / "out.tif", flag)
+        assert_one_line_error(proc, flag, "expected a positive number")
+    # Globs write into a new folder only once every check has passed.
+    (tmp_path / "opt2.tif").write_bytes(b"not a raster")
+    shutil.copy(tmp_path / "sar.tif", tmp_path / "sar2.tif")
+    globs = [*common, "--optical", tmp_path / "opt*.tif", "--sar", tmp_path / "sar*.tif"]
+    proc, _ = script("predict.py", *globs, "--output_dir", tmp_path / "maps" / "new")
+    assert_one_line_error(proc, tmp_path / "opt2.tif")
+    assert not (tmp_path / "maps").exists()
+
+
+@MOUNTS
+def test_predict_and_export_on_full_and_read_only_disks_are_one_line(tmp_path, model_dir):
+    rng = np.random.default_rng(0)
+    fake_sources.write_geotiff(tmp_path / "opt.tif", rng.integers(0, 255, (256, 256, 3), np.uint8))
+    fake_sources.write_geotiff(tmp_path / "sar.tif", rng.integers(0, 255, (256, 256), np.uint8))
+    disk = tmp_path / "disk"
+    inputs = ["--dataset", "synthetic_rgb_sar", "--window", 64, "--probabilities"]
+    inputs += ["--optical", tmp_path / "opt.tif", "--sar", tmp_path / "sar.tif"]
+    out = disk / "out.tif"
+    proc, listing = script("predict.py", "--checkpoint", model_dir, *inputs, "--output", out,
+                           tmpfs=(disk, "size=32k"))  # fmt: skip
+    assert_one_line_error(proc, out, "no space left on device")
+    assert listing == []
+    # A read-only folder is refused before the model is read (this one does not exist).
+    proc, listing = script("predict.py", "--checkpoint", tmp_path / "nothing", *inputs,
+                           "--output", out, tmpfs=(disk, "size=8m", "ro"))  # fmt: skip
+    assert_one_line_error(proc, out, "read-only file system")
+    for name in ("m.pth", "m.safetensors"):
+        proc, listing = script("export_torch_weights.py", "--checkpoint", model_dir,
+                               "--output", disk / name, tmpfs=(disk, "size=64k"))  # fmt: skip
+        assert_one_line_error(proc, disk, "no space left on device")
+        assert listing == []
+
+
 # --- non-finite weights -----------------------------------------------------------------
 
 
@@ -235,6 +370,8 @@ def test_training_refuses_bad_settings_before_writing_anything(tmp_path):
         ("--config.data.eval_batch_size=0", "config.data.eval_batch_size=0"),
         ("--config.mesh.platform=gpu", "config.mesh.platform='gpu' but JAX"),
         ("--config.model.kernels=fast", "config.model.kernels='fast'"),
+        ("--config.optim.lr=nan", "config.optim.lr=nan: expected a finite number"),
+        ("--config.optim.lr=0", "config.optim.lr=0.0: expected a positive rate"),
     ):
         run = tmp_path / flag.split("=")[0].rsplit(".", 1)[-1]
         data = f"--config.data.data_dir={tmp_path / 'data'}"

@@ -88,6 +88,27 @@ def big_official_checkpoint(tmp_path_factory):
     return path
 
 
+def wait_for(stream, needle, seen: list[str]) -> None:
+    """Read `stream` line by line (into `seen`) until a line holds `needle` (a string),
+    or `needle(line)` is true."""
+    for line in stream:
+        seen.append(line)
+        if needle(line) if callable(needle) else needle in line:
+            return
+    raise AssertionError(f"{needle!r} never came:\n{''.join(seen)[-3000:]}")
+
+
+def assert_interrupted(proc, seen: list[str]) -> str:
+    """Ctrl-C was answered as one line and status 130; returns stderr."""
+    stdout, stderr = proc.communicate(timeout=300)
+    stderr = "".join(seen) + stderr
+    assert proc.returncode == 130, stdout + stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "interrupted", stderr[-3000:]
+    for noise in ("Traceback", "Exception ignored", "KeyboardInterrupt", "terminate called"):
+        assert noise not in stderr, stderr[-3000:]
+    return stderr
+
+
 @pytest.mark.parametrize("when", ["while_reading", "as_the_write_starts"])
 def test_ctrl_c_during_a_conversion_is_one_line_and_leaves_nothing(
     big_official_checkpoint, tmp_path, when
@@ -107,15 +128,59 @@ def test_ctrl_c_during_a_conversion_is_one_line_and_leaves_nothing(
     )
     deadline = time.time() + 300
     if when == "while_reading":
-        time.sleep(1.5)
+        wait_for(proc.stdout, "reading", [])  # the converter's first word, before the read
     else:
         while not list(out.parent.glob(f".model.{files.TAG}-*")) and time.time() < deadline:
             time.sleep(0.005)
             assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130, stdout + stderr[-3000:]
-    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "interrupted", stderr
+    stderr = assert_interrupted(proc, [])
     assert list(out.parent.iterdir()) == []  # no model, no temporaries
     if when != "while_reading":
         assert "interrupt received: finishing the current write first" in stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "after_import"),
+    [
+        ("convert_torch_weights.py", "numpy"),
+        ("convert_torch_weights.py", "flax"),
+        ("export_torch_weights.py", "jax"),
+        ("predict.py", "jax"),
+        ("train.py", "orbax.checkpoint"),
+        ("train.py", "tensorflow_datasets"),
+    ],
+)
+def test_ctrl_c_while_a_script_starts_is_one_line_and_writes_nothing(tmp_path, name, after_import):
+    """Ctrl-C during a script's imports: before the fix it was ignored (the run then wrote
+    its outputs), crashed the interpreter, or printed a traceback. The signal is sent when
+    `python -X importtime` reports that `after_import` has been imported, so it lands
+    while the next heavy modules import; wherever it lands, the answer must be the same."""
+    from conftest import GOLDEN
+    from micro import micro_model
+
+    from asanet_jax import checkpointing
+
+    out = tmp_path / "out"
+    out.mkdir()
+    if name == "export_torch_weights.py":
+        checkpointing.save_model(tmp_path / "model", micro_model(6, seed=0))
+    args = {
+        "convert_torch_weights.py": ["--torch_checkpoint", GOLDEN / "checkpoint.pth"],
+        "export_torch_weights.py": ["--checkpoint", tmp_path / "model"],
+        "predict.py": ["--checkpoint", GOLDEN / "checkpoint.pth", "--optical", "a.tif"],
+        "train.py": ["--config", REPO / "configs" / "demo.py:runlocal"],
+    }[name]
+    args += {
+        "predict.py": ["--sar", "b.tif", "--output", out / "map.tif"],
+        "train.py": ["--workdir", out / "run", f"--config.data.data_dir={out / 'data'}"],
+        "export_torch_weights.py": ["--output", out / "m.pth"],
+    }.get(name, ["--output", out / "model"])
+    cmd = [sys.executable, "-X", "importtime", str(REPO / "scripts" / name), *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    # `import time: <us> | <us> | <indent><module>`, once the module has been imported.
+    wait_for(proc.stderr, lambda line: line.rsplit("|", 1)[-1].strip() == after_import, seen)
+    proc.send_signal(signal.SIGINT)
+    assert_interrupted(proc, seen)
+    assert list(out.iterdir()) == []

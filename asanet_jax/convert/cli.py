@@ -48,7 +48,13 @@ def parse_overrides(items: list[str]) -> dict:
 def convert(args) -> pathlib.Path:
     src = pathlib.Path(args.torch_checkpoint)
     out = pathlib.Path(args.output).absolute()
+    if src.exists() and _inside(src, out):
+        raise ValueError(
+            f"{src}: the source is inside --output {out}, which the conversion writes; "
+            "move it out first"
+        )
     check_replaceable(out, args.overwrite)  # before the (possibly long) read
+    print(f"reading {src}", flush=True)
     overrides = parse_overrides(args.set)
     state = read_state_dict(src)  # read once: the checkpoint may be large
     try:
@@ -171,8 +177,18 @@ def export_main(argv=None) -> int:
     return cli.run(lambda: export(args))
 
 
+def _inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
+    """Whether `path` is `folder` or lies below it, links resolved."""
+    return pathlib.Path(path).resolve().is_relative_to(pathlib.Path(folder).resolve())
+
+
 def export(args) -> int:
     out = pathlib.Path(args.output)
+    if _inside(out, args.checkpoint):
+        raise ValueError(
+            f"--output {out} is inside the model directory {args.checkpoint} it exports; "
+            "write it elsewhere"
+        )
     if out.is_dir():
         raise FileExistsError(f"{out} is a folder; expected the path of a .pth or .safetensors")
     if out.exists() and not args.overwrite:
@@ -188,7 +204,9 @@ def write_state_dict(state: dict[str, np.ndarray], path, meta: dict) -> None:
     """Atomically write ``{'meta': ..., 'state_dict': ...}`` (.pth) or a .safetensors file."""
     path = pathlib.Path(path)
     path.absolute().parent.mkdir(parents=True, exist_ok=True)
-    with files.atomic_output(path) as tmp:
+    # The tensors plus the container's overhead; refused up front rather than half-written.
+    files.check_free_space(path.absolute().parent, sum(v.nbytes for v in state.values()) + 2**20)
+    with files.atomic_output(path) as tmp, files.disk_errors_as_oserror(path):
         if path.suffix == ".safetensors":
             from safetensors.numpy import save_file
 

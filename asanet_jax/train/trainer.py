@@ -210,6 +210,11 @@ def check_settings(config: ml_collections.ConfigDict, mesh) -> None:
             f"config.train.loss_replicas={t.loss_replicas!r}: expected a positive divisor of "
             f"config.train.batch_size={t.batch_size}"
         )
+    for field, value in config.optim.items():
+        if isinstance(value, float) and not np.isfinite(value):
+            raise ValueError(f"config.optim.{field}={value!r}: expected a finite number")
+    if not float(config.optim.lr) > 0:
+        raise ValueError(f"config.optim.lr={config.optim.lr!r}: expected a positive rate")
     devices = mesh.devices.size
     for field, value in (
         ("train.batch_size", t.batch_size),
@@ -257,8 +262,9 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
     failure = None
     if jax.process_index() == 0:
         try:
+            check_workdir(workdir)
             lock.acquire()
-        except (workdirs.WorkdirBusy, OSError) as e:
+        except (TrainingError, workdirs.WorkdirBusy, OSError) as e:
             failure = e
     if _agree_failed(failure is not None):
         if isinstance(failure, OSError):
@@ -270,6 +276,19 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
         return _train(config, workdir, model_config, mesh, stop_after)
     finally:
         lock.release()
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+    """Refuse a work directory where the run would write over, or --overwrite would
+    remove, files that no run wrote (``workdir.not_written_by_a_run``), before anything
+    is written."""
+    foreign = workdirs.not_written_by_a_run(workdir)
+    if foreign:
+        raise TrainingError(
+            f"{workdir} holds files that no training run wrote, where a run writes: "
+            f"{files.listed(foreign, 6)}; "
+            "move them out or choose another --workdir"
+        )
 
 
 def _agree_failed(failed: bool) -> bool:

@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 
@@ -105,6 +106,54 @@ def is_finished(workdir: pathlib.Path) -> bool:
         return bool(json.loads(run.read_text()).get("finished"))
     except (OSError, ValueError):
         return False
+
+
+def _json_with(path: pathlib.Path, keys: set[str]) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and keys <= set(data)
+
+
+def not_written_by_a_run(workdir: pathlib.Path) -> list[str]:
+    """What a run would write over, or remove with --overwrite, that no run wrote: a
+    ``config.json``, ``run.json`` or ``metrics.json`` that is not ours, and files inside
+    ``model/``, ``checkpoints/`` and ``tensorboard/`` that are neither what
+    ``checkpointing.save_model`` nor orbax nor TensorBoard wrote. [] for a fresh folder
+    or one that only runs used."""
+    from asanet_jax import checkpointing, files
+
+    workdir = pathlib.Path(workdir)
+    found = []
+    for name, keys, what in (
+        (CONFIG, {"model", "data", "train", "optim"}, "not a training config"),
+        (RUN, {"finished"}, "not a run record"),
+        (METRICS, {"mIoU"}, "not a metrics record"),
+    ):
+        path = workdir / name
+        if (path.exists() or path.is_symlink()) and not _json_with(path, keys):
+            found.append(f"{name} ({what})")
+    step = rf"\d+({re.escape('.orbax-checkpoint-tmp')}[^/]*)?"
+    item = rf"((state|opt_state|data|metrics)/)?{checkpointing.ORBAX_FILE}"
+    for name, pattern in (
+        ("checkpoints", rf"((last|best)/{step}|damaged/\d+-\d{{8}}-\d{{6}})/{item}"),
+        ("tensorboard", r"events\.out\.tfevents\.[^/]+"),
+    ):
+        folder = workdir / name
+        if folder.is_dir() and not folder.is_symlink():
+            found += [f"{name}/{f}" for f in checkpointing.foreign_files(folder, pattern)]
+        elif folder.exists() or folder.is_symlink():
+            found.append(f"{name} (not a folder)")
+    model = workdir / "model"
+    if model.exists() or model.is_symlink():
+        foreign = None if model.is_symlink() else checkpointing.not_written_by_save(model)
+        if foreign is None:
+            held = checkpointing.files_under(model) if model.is_dir() else []
+            listing = f": it holds {files.listed(held)}" if held else ""
+            found.append(f"model/ (not a model directory{listing})")
+        found += [f"model/{f}" for f in foreign or ()]
+    return found
 
 
 def clear_finished_run(workdir: pathlib.Path) -> list[str]:
