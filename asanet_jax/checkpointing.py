@@ -1,15 +1,18 @@
-"""Model checkpoints on disk. Every orbax call of the project lives here.
+"""Model directories on disk, and what they record. Every orbax call of the project lives
+here or, for training state, in ``train/checkpoints.py``.
 
 A model directory holds:
 
 - ``weights/``: an orbax checkpoint of every parameter and BatchNorm statistic;
 - ``model.json``: ``{"model": <config.model>, ...metadata}`` (for converted weights:
-  the source file, its sha256, its format and the mapping version).
+  the source file, its sha256, its format and the mapping version; for trained or
+  ``--dataset`` converted ones, the dataset's preprocessing, classes and palette:
+  ``dataset_record``, read back by ``model_dataset``), and the list of files orbax
+  wrote under ``weights/``.
 
 Directories are written under a temporary name and renamed when complete (see
 ``files``), so a failed or interrupted write never leaves something that looks like a
-checkpoint, and ``overwrite`` replaces only a model directory: a folder holding just
-``model.json`` and ``weights/``.
+checkpoint, and ``overwrite`` replaces only a model directory exactly as written.
 """
 
 from __future__ import annotations
@@ -18,14 +21,13 @@ import json
 import os
 import pathlib
 import re
-import time
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from asanet_jax import files
+from asanet_jax import files, interrupts
 from asanet_jax.models.asanet import WEIGHTS, ASANet, build_with_weights
 from asanet_jax.models.config import resolve, to_config
 from asanet_jax.weights import CheckpointError, check_finite, check_fit
@@ -126,8 +128,9 @@ def check_replaceable(directory: pathlib.Path, overwrite: bool) -> None:
         )
     if foreign:
         raise FileExistsError(
-            f"{directory} holds files that no model save wrote ({files.listed(foreign)}); "
-            "--overwrite replaces only a model directory exactly as written: move them out first"
+            f"{directory} is not a model directory as written: it also holds "
+            f"{files.listed(foreign)}; --overwrite replaces only a model directory exactly "
+            "as written (move those out first)"
         )
 
 
@@ -156,7 +159,7 @@ def save_model(
     # Ctrl-C is held from before the temporary folder exists until the write is done,
     # then raised inside atomic_output, which removes the folder instead of renaming it.
     with (
-        files.deferred_interrupt() as interrupts,
+        interrupts.deferred() as held,
         files.atomic_output(directory, folder=True) as tmp,
     ):
         with (
@@ -168,7 +171,7 @@ def save_model(
         # What orbax wrote, so that --overwrite can tell it from anything added later.
         doc[WEIGHTS_FILES] = files_under(tmp / WEIGHTS_DIR)
         (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2, default=list) + "\n")
-        interrupts.check()
+        held.check()
     return directory
 
 
@@ -193,6 +196,82 @@ def read_metadata(directory) -> dict:
         raise ModelCheckpointError(f'{path}: not a model description (no "model" object)')
     meta.pop(WEIGHTS_FILES, None)  # bookkeeping of save_model, not metadata
     return meta
+
+
+# --- what a model directory records about its dataset ------------------------------------
+
+
+def model_dataset(meta: dict, where, dataset: str | None = None, data_dir=None):
+    """The ``DatasetSpec`` a model is used with: how raster values become its inputs, its
+    classes and palette.
+
+    A model directory written by training or by ``convert_torch_weights.py --dataset``
+    records it (``model.json`` "dataset"), and nothing else is needed. For one that
+    records none (an official checkpoint file), `dataset` names it: a built-in dataset,
+    or one built under `data_dir`. Naming a dataset other than the recorded one is an
+    error, since the model's inputs would be prepared differently from its training.
+
+    Raises:
+      DataError: no dataset recorded and none named, or a disagreeing name.
+    """
+    from asanet_jax.data import build, io, specs
+
+    recorded = meta.get("dataset")
+    if recorded is not None:
+        spec = specs.DatasetSpec.from_dict(recorded, f"{where}: model.json dataset")
+        if dataset is not None and dataset not in (spec.name, meta.get("tfds", {}).get("name")):
+            raise io.DataError(
+                f"{where} was trained for dataset {spec.name!r}, but {dataset!r} was given; "
+                "leave the dataset out to use the one the model records"
+            )
+        return spec
+    if dataset is None:
+        raise io.DataError(
+            f"{where} does not record the dataset it was trained for (an official checkpoint, "
+            "or a model directory converted without --dataset); name it: "
+            f"{', '.join(sorted(specs.BUILTIN))}, or a dataset built under a data directory"
+        )
+    if data_dir is not None:
+        return build.open_source(data_dir, dataset).spec
+    try:
+        return specs.get_spec(dataset)
+    except KeyError as e:
+        raise io.DataError(f"{e.args[0]}; for your own dataset give its data directory") from None
+
+
+def dataset_record(spec, tfds_name: str, tfds_config: str | None = None) -> dict:
+    """What a model directory's ``model.json`` records about its dataset: the spec, and
+    the TFDS dataset (builder and config) that evaluation opens by default."""
+    return {"dataset": spec.to_dict(), "tfds": {"name": tfds_name, "config": tfds_config}}
+
+
+def model_data(
+    meta: dict, where, data_dir, dataset: str | None = None, manual_dir=None, tfds_config=None
+):
+    """``config.data`` of the TFDS dataset a model was trained on, as its model directory
+    records it (builder and config), under `data_dir`; `dataset` (and `tfds_config`)
+    name it for a checkpoint that records none, and `manual_dir` is the source to build
+    it from if missing.
+
+    Raises:
+      DataError: no dataset recorded and none named.
+    """
+    from asanet_jax.data import io
+    from asanet_jax.data.config import data_config
+
+    data = data_config()
+    data.data_dir, data.manual_dir = str(data_dir), manual_dir
+    recorded = meta.get("tfds")
+    if recorded is not None and dataset in (None, recorded["name"]):
+        data.name, data.tfds_config = recorded["name"], recorded["config"]
+    elif dataset is not None:
+        data.name, data.tfds_config = dataset, tfds_config
+    else:
+        raise io.DataError(
+            f"{where} does not record the dataset it was trained for; name it (pie_rgb_sar, "
+            "ddhr_sk, whu_opt_sar, ...)"
+        )
+    return data
 
 
 def _on_this_process(target):
@@ -265,156 +344,3 @@ def _check_shapes(directory, target, on_disk) -> None:
         raise ModelCheckpointError(
             f"{directory}: the stored weights do not fit the model config; {e}"
         ) from None
-
-
-# --- training checkpoints ---------------------------------------------------------------
-
-
-def _to_saveable(tree):
-    """Typed PRNG keys become their raw uint32 data (orbax stores plain arrays)."""
-    return jax.tree.map(
-        lambda x: (
-            jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
-        ),
-        tree,
-    )
-
-
-def _from_saveable(saved, like):
-    return jax.tree.map(
-        lambda s, x: (
-            jax.random.wrap_key_data(s, impl=jax.random.key_impl(x))
-            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-            else s
-        ),
-        saved,
-        like,
-    )
-
-
-class TrainCheckpoints:
-    """Training state under ``<workdir>/checkpoints``: the last `keep` saves (``last/``) and
-    the best by validation mIoU (``best/``). Saves are asynchronous; each holds the model
-    state, the optimiser state, the step and the data iterator's position."""
-
-    def __init__(self, workdir, keep: int):
-        self.root = root = pathlib.Path(workdir).absolute() / "checkpoints"
-        # cleanup_tmp_directories: a save cut short by a kill leaves a temporary that the
-        # next start removes.
-        self.last = ocp.CheckpointManager(
-            root / "last",
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, cleanup_tmp_directories=True
-            ),
-        )
-        self.best = ocp.CheckpointManager(
-            root / "best",
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1,
-                best_fn=lambda m: m["mIoU"],
-                best_mode="max",
-                create=True,
-                cleanup_tmp_directories=True,
-            ),
-        )
-
-    def latest_step(self) -> int | None:
-        return self.last.latest_step()
-
-    def _args(self, state, opt_state, data_state):
-        return ocp.args.Composite(
-            state=ocp.args.StandardSave(_to_saveable(state)),
-            opt_state=ocp.args.StandardSave(_to_saveable(opt_state)),
-            data=ocp.args.JsonSave(data_state),
-        )
-
-    def save(self, step: int, state, opt_state, data_state: dict) -> None:
-        self.last.save(step, args=self._args(state, opt_state, data_state), force=True)
-
-    def save_best(self, step: int, state, opt_state, data_state: dict, metrics: dict) -> None:
-        summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
-        # Orbax names its multi-host barriers after the step: two managers must not save
-        # the same step at once.
-        self.last.wait_until_finished()
-        if step in self.best.all_steps():
-            # A run resumed before a damaged save retrains that step: its new state replaces
-            # the old best of the same step.
-            self.best.delete(step)
-        self.best.save(
-            step, args=self._args(state, opt_state, data_state), metrics=summary, force=True
-        )
-
-    def restore(self, step: int, state, opt_state):
-        """(state, opt_state, data_state) of `step`, laid out like the given templates."""
-
-        def abstract(tree):
-            return jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                _to_saveable(tree),
-            )
-
-        restored = self.last.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract(state)),
-                opt_state=ocp.args.StandardRestore(abstract(opt_state)),
-                data=ocp.args.JsonRestore(),
-            ),
-        )
-        return (
-            _from_saveable(restored.state, state),
-            _from_saveable(restored.opt_state, opt_state),
-            restored.data,
-        )
-
-    def restore_latest(self, state, opt_state, log=print):
-        """(step, state, opt_state, data_state) of the newest save that restores completely,
-        or None when there is none.
-
-        Newer saves that fail to restore (a file missing or truncated) are moved to
-        ``checkpoints/damaged/<step>-<time>`` once an older one has restored, and reported
-        through `log`; they are never used.
-
-        Raises:
-          ModelCheckpointError: saves exist but none restores (with each reason); then
-            nothing is moved, since the cause may be the templates (another model config).
-        """
-        failed = []
-        for step in sorted(self.last.all_steps(), reverse=True):
-            try:
-                restored = self.restore(step, state, opt_state)
-            except Exception as e:  # orbax and tensorstore raise plain Exceptions
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                failed.append((step, reason))
-                continue
-            for bad, reason in failed:
-                moved = self._set_aside(bad)
-                log(f"checkpoint step {bad} does not restore ({reason}); moved it to {moved}")
-            return (step, *restored)
-        if failed:
-            raise ModelCheckpointError(
-                f"{self.root / 'last'}: no checkpoint restores: "
-                + "; ".join(f"step {step}: {reason}" for step, reason in failed)
-            )
-        return None
-
-    def _set_aside(self, step: int) -> pathlib.Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        target = self.root / "damaged" / f"{step}-{stamp}"
-        if jax.process_index() == 0:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (self.root / "last" / str(step)).rename(target)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
-        self.last.reload()
-        return target
-
-    def wait(self) -> None:
-        self.last.wait_until_finished()
-        self.best.wait_until_finished()
-
-    def close(self) -> None:
-        self.last.close()
-        self.best.close()

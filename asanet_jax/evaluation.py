@@ -5,7 +5,9 @@ predictions kept for pictures.
 `tta_probabilities` is mmseg's SegTTAModel: for each scale ratio, with and without a
 horizontal flip, resize the raw image (cv2 bilinear, keep ratio, sizes int(x * r + 0.5)),
 normalise, predict, flip back, resize the logits to the original size (bilinear,
-align_corners=False), softmax; the probabilities are averaged.
+align_corners=False), softmax; the probabilities are averaged. Its ratios and flip are
+the settings' (``Settings.from_config``: ``config.data.tta``), by default the dataset's
+official ones (``data_config.tta_defaults``), which ``scripts/eval.py --tta`` uses.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asanet_jax import files, inference, metrics
+from asanet_jax import files, metrics
 from asanet_jax.data import build, preprocess, specs, transforms
+from asanet_jax.data import config as data_config
 from asanet_jax.models import torch_ops
+from asanet_jax.predict.predictor import Predictor, whole
+from asanet_jax.predict.windows import slide
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +42,31 @@ class Settings:
     window: tuple[int, int] | None = None
     stride: tuple[int, int] | None = None
     tta: bool = False
-    tta_ratios: tuple[float, ...] | None = None  # default: the dataset's official ratios
+    # The TTA's scale ratios and horizontal flip (config.data.tta); None: the dataset's
+    # official ones (data_config.tta_defaults).
+    tta_ratios: tuple[float, ...] | None = None
     keep_samples: int = 4
+    tta_flip: bool | None = None
 
     def __post_init__(self):
         if self.mode not in ("whole", "slide"):
             raise EvaluationError(f"mode={self.mode!r}; expected 'whole' or 'slide'")
         if self.mode == "slide" and (self.window is None or self.stride is None):
             raise EvaluationError("sliding-window inference needs a window and a stride")
+        if self.tta_ratios is not None and not all(r > 0 for r in self.tta_ratios):
+            raise EvaluationError(f"tta ratios {list(self.tta_ratios)}: expected positive")
+
+    @classmethod
+    def from_config(cls, data, **fields) -> Settings:
+        """Settings with ``config.data.tta``'s ratios and flip, and `fields` (mode, tta, ...)."""
+        return cls(tta_ratios=tuple(data.tta.ratios), tta_flip=bool(data.tta.flip), **fields)
+
+    def tta_for(self, dataset: str) -> tuple[tuple[float, ...], bool]:
+        """(ratios, flip) of the TTA on `dataset`: these settings', else the dataset's
+        official ones."""
+        official = data_config.tta_defaults(dataset)
+        ratios = tuple(self.tta_ratios or official["ratios"])
+        return ratios, official["flip"] if self.tta_flip is None else self.tta_flip
 
 
 def check_fits(model_config, dataset: specs.DatasetSpec) -> None:
@@ -127,7 +149,7 @@ def tta_probabilities(
 
 
 def evaluate(
-    predictor: inference.Predictor,
+    predictor: Predictor,
     source: build.Source,
     settings: Settings,
     progress: bool = True,
@@ -147,13 +169,13 @@ def evaluate(
 
     def infer(optical, sar):
         if settings.mode == "slide":
-            return inference.slide(predict, optical, sar, settings.window, settings.stride, k)
-        return inference.whole(predict, optical, sar)
+            return slide(predict, optical, sar, settings.window, settings.stride, k)
+        return whole(predict, optical, sar)
 
     update = jax.jit(metrics.confusion_update, static_argnames="ignore_index")
     confusion = jnp.zeros((k, k), jnp.int32)
     samples = []
-    ratios = settings.tta_ratios or spec.tta_ratios
+    ratios, flip = settings.tta_for(spec.name)
     for i in tqdm(
         range(len(source)), desc=f"{source.name}/{source.split}", unit="img", disable=not progress
     ):
@@ -164,7 +186,7 @@ def evaluate(
         optical, sar = preprocess.normalise_both(optical_raw, sar_raw, spec)
         example = {"optical": optical, "sar": sar, "label": record["label"]}
         if settings.tta:
-            probs = tta_probabilities(infer, optical_raw, sar_raw, spec, ratios)
+            probs = tta_probabilities(infer, optical_raw, sar_raw, spec, ratios, flip)
             pred = probs.argmax(-1)
         else:
             logits = infer(example["optical"][None], example["sar"][None])
@@ -177,7 +199,7 @@ def evaluate(
 
 
 def robustness(
-    predictor: inference.Predictor,
+    predictor: Predictor,
     source: build.Source,
     settings: Settings,
     seed: int = 0,

@@ -7,9 +7,8 @@
   temporary name first and is removed only once the new one is in place.
 - A later write into the same folder removes the temporaries that a killed process of
   this library left there (same host, process gone), and nothing else.
-- ``deferred_interrupt`` holds Ctrl-C back while a writer that cannot be cancelled
-  (orbax writes from background threads) finishes, so that the cleanup after it removes
-  everything the writer wrote.
+- A writer that cannot be cancelled holds Ctrl-C back while it finishes
+  (``interrupts.deferred``), so that the cleanup after it removes everything it wrote.
 """
 
 from __future__ import annotations
@@ -20,10 +19,7 @@ import os
 import pathlib
 import secrets
 import shutil
-import signal
 import socket
-import sys
-import threading
 
 TAG = "asanet-partial"
 
@@ -188,41 +184,3 @@ def write_text(dest, text: str) -> pathlib.Path:
     with atomic_output(dest) as tmp:
         tmp.write_text(text)
     return pathlib.Path(dest)
-
-
-class HeldInterrupts:
-    """What ``deferred_interrupt`` yields: ``check()`` raises KeyboardInterrupt now if
-    SIGINT came while held, for a block that must fail before some final step (such as
-    the rename of ``atomic_output``) rather than after it."""
-
-    def __init__(self):
-        self.received: list[int] = []
-
-    def check(self) -> None:
-        if self.received:
-            self.received.clear()
-            raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def deferred_interrupt(notice: str = "interrupt received: finishing the current write first"):
-    """Hold SIGINT back until the block ends (or ``check()``), then raise KeyboardInterrupt.
-
-    Only in the main thread (where Python delivers signals); elsewhere a no-op.
-    """
-    held = HeldInterrupts()
-    if threading.current_thread() is not threading.main_thread():
-        yield held
-        return
-
-    def hold(signum, frame):
-        if not held.received:
-            print(notice, file=sys.stderr, flush=True)
-        held.received.append(signum)
-
-    previous = signal.signal(signal.SIGINT, hold)
-    try:
-        yield held
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    held.check()

@@ -48,7 +48,8 @@ import tempfile
 import time
 import traceback
 
-from benchmarks import golden, run
+from benchmarks import run
+from tests.support import golden
 
 PACKAGES = (
     "jax",

@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from asanet_jax.data import build, fake_sources, pipeline, synthetic
+from asanet_jax.data import build, pipeline, synthetic
+from tests.support import fake_sources
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 

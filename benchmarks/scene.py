@@ -49,7 +49,7 @@ def write_scene(root: pathlib.Path, side: int, seed: int = 0) -> tuple[pathlib.P
     """A side x side scene: 3-band uint8 optical, 1-band uint8 SAR, 10 m pixels."""
     import numpy as np
 
-    from asanet_jax.data import fake_sources
+    from tests.support import fake_sources
 
     rng = np.random.default_rng(seed)
     optical = rng.integers(1, 256, (side, side, 3)).astype(np.uint8)
@@ -67,8 +67,8 @@ def loop(predictor, optical_path, sar_path, output_path, spec, window, stride) -
     import rasterio
     from rasterio.windows import Window
 
-    from asanet_jax import inference
     from asanet_jax.data import io, preprocess
+    from asanet_jax.predict.windows import window_starts
 
     def read(path, window, nodata):
         with rasterio.open(path) as src:  # opened again for every row, as it was
@@ -85,8 +85,8 @@ def loop(predictor, optical_path, sar_path, output_path, spec, window, stride) -
         )
     with rasterio.open(sar_path) as src:
         snod = src.nodata
-    ys = inference.window_starts(height, window, stride)
-    xs = inference.window_starts(width, window, stride)
+    ys = window_starts(height, window, stride)
+    xs = window_starts(width, window, stride)
     k = spec.num_classes
     profile = dict(
         driver="GTiff",
@@ -145,29 +145,30 @@ def run_case(case: str, side: int, model_name: str) -> dict:
         return {**fn(side, batch, model_name), "case": case}
     from flax import nnx
 
-    from asanet_jax import inference, scene, scene_outputs
+    from asanet_jax import multihost
     from asanet_jax.data import specs
     from asanet_jax.models import ASANet
-    from asanet_jax.train import sharding
+    from asanet_jax.predict import outputs, rasters, scene
+    from asanet_jax.predict.predictor import Predictor
 
     spec = specs.synthetic_spec(NUM_CLASSES)
     model = ASANet({**MODELS[model_name], "num_classes": NUM_CLASSES}, rngs=nnx.Rngs(0))
     warm = write_scene(root, WINDOW + STRIDE, seed=1)
     optical, sar = write_scene(root, side)
     if kind == "loop":
-        predictor = inference.Predictor(model)
+        predictor = Predictor(model)
         loop(predictor, *warm, root / "warm.tif", spec, WINDOW, STRIDE)
         start = time.perf_counter()
         windows = loop(predictor, optical, sar, root / "out.tif", spec, WINDOW, STRIDE)
         seconds = time.perf_counter() - start
     else:
-        predictor = inference.Predictor(model, sharding.local_mesh())
+        predictor = Predictor(model, multihost.local_mesh())
 
         def label(pair, out):
             return scene.predict_scene(
                 predictor,
-                scene.open_scene(*pair, spec),
-                scene_outputs.OutputPaths(root / out),
+                rasters.open_scene(*pair, spec),
+                outputs.OutputPaths(root / out),
                 spec,
                 window=WINDOW,
                 stride=STRIDE,
@@ -190,9 +191,9 @@ def run_case(case: str, side: int, model_name: str) -> dict:
 
 def _timed_windows(step, side: int, batch: int) -> dict:
     """Run `step` (B windows) for as many windows as the scene has, after a warm-up."""
-    from asanet_jax import inference
+    from asanet_jax.predict.windows import window_starts
 
-    count = len(inference.window_starts(side, WINDOW, STRIDE)) ** 2
+    count = len(window_starts(side, WINDOW, STRIDE)) ** 2
     step()
     start = time.perf_counter()
     for _ in range(-(-count // batch)):
@@ -212,11 +213,11 @@ def model_windows(side: int, batch: int, model_name: str) -> dict:
     import numpy as np
     from flax import nnx
 
-    from asanet_jax import inference
     from asanet_jax.models import ASANet
+    from asanet_jax.predict.predictor import Predictor
 
     model = ASANet({**MODELS[model_name], "num_classes": NUM_CLASSES}, rngs=nnx.Rngs(0))
-    predictor = inference.Predictor(model)
+    predictor = Predictor(model)
     x = np.random.default_rng(0).normal(size=(batch, WINDOW, WINDOW, 3)).astype(np.float32)
     return _timed_windows(lambda: np.asarray(predictor(x, x)), side, batch)
 

@@ -6,6 +6,9 @@
 --config configs/ablations.py:sum_no_sfm  plain two-stream sum
 --config configs/ablations.py:optical_only  UPerNet ConvNeXt V2 on optical (76.90, "RGB only")
 --config configs/ablations.py:sar_only    UPerNet ConvNeXt V2 on SAR (66.73)
+
+Each also as ``variant=<name>``; add ``,runlocal`` for 4 steps of a small model
+(``configs/ablations.py:sar_only,runlocal``).
 """
 
 from asanet_jax.train import recipe
@@ -21,11 +24,9 @@ VARIANTS = {
 
 
 def get_config(arg: str | None = None):
-    name, _, local = (arg or "sfm_cfm").partition(",")
-    if name not in VARIANTS:
-        raise ValueError(
-            f"configs/ablations.py: unknown variant {name!r}; expected {sorted(VARIANTS)}"
-        )
-    config = recipe.for_dataset("pie_rgb_sar", local or None, "configs/ablations.py")
-    config.model.update(VARIANTS[name])
+    arg = recipe.parse_arg(
+        arg, "configs/ablations.py", variant=("sfm_cfm", tuple(VARIANTS)), runlocal=False
+    )
+    config = recipe.for_dataset("pie_rgb_sar", runlocal=arg.runlocal)
+    config.model.update(VARIANTS[arg.variant])
     return config

@@ -4,4 +4,5 @@ from asanet_jax.train import recipe
 
 
 def get_config(arg: str | None = None):
-    return recipe.for_dataset("ddhr_sk", arg, "configs/ddhr.py")
+    arg = recipe.parse_arg(arg, "configs/ddhr.py", runlocal=False)
+    return recipe.for_dataset("ddhr_sk", runlocal=arg.runlocal)

@@ -7,4 +7,5 @@ from asanet_jax.train import recipe
 
 
 def get_config(arg: str | None = None):
-    return recipe.demo_config(arg)
+    arg = recipe.parse_arg(arg, "configs/demo.py", runlocal=False)
+    return recipe.demo_config(runlocal=arg.runlocal)

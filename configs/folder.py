@@ -14,4 +14,5 @@ from asanet_jax.train import recipe
 
 
 def get_config(arg: str | None = None):
-    return recipe.for_dataset("rgb_sar_folder", arg, "configs/folder.py")
+    arg = recipe.parse_arg(arg, "configs/folder.py", runlocal=False)
+    return recipe.for_dataset("rgb_sar_folder", runlocal=arg.runlocal)

@@ -4,4 +4,5 @@ from asanet_jax.train import recipe
 
 
 def get_config(arg: str | None = None):
-    return recipe.for_dataset("whu_opt_sar", arg, "configs/whu.py")
+    arg = recipe.parse_arg(arg, "configs/whu.py", runlocal=False)
+    return recipe.for_dataset("whu_opt_sar", runlocal=arg.runlocal)

@@ -10,9 +10,9 @@ the reloaded model gives the same logits, and times jitted inference on this mac
 
 from __future__ import annotations
 
-from asanet_jax import cli
+from asanet_jax import interrupts
 
-cli.hold_interrupts()  # first: a Ctrl-C during the imports below ends cleanly too
+interrupts.hold()  # first: a Ctrl-C during the imports below ends cleanly too
 
 import argparse
 import pathlib
@@ -25,10 +25,11 @@ import numpy as np
 from flax import nnx
 
 import asanet_jax
-from asanet_jax import inference
-from asanet_jax.convert.cli import convert_main, write_state_dict
+from asanet_jax.convert.cli import convert_main
 from asanet_jax.convert.official import export_state_dict
+from asanet_jax.convert.state_dicts import write_state_dict
 from asanet_jax.models import ASANet, count_params
+from asanet_jax.predict.predictor import Predictor
 
 
 def main() -> None:
@@ -63,17 +64,17 @@ def main() -> None:
     rgb = rng.normal(size=shape).astype(np.float32)  # inputs are normalised images
     sar = rng.normal(size=shape).astype(np.float32)
 
-    predictor = inference.Predictor(reloaded)
+    predictor = Predictor(reloaded)
     logits = predictor(rgb, sar)
     labels = np.asarray(logits.argmax(-1))
-    ref = inference.Predictor(model)(rgb, sar)
+    ref = Predictor(model)(rgb, sar)
     diff = float(jnp.abs(logits - ref).max())
     print(f"4. reloaded logits equal the original's (max |diff| {diff:.1e})")
     assert diff == 0.0, "conversion changed the model"
 
     for dtype in ("float32", "bfloat16"):
         m, _, _ = asanet_jax.load(converted, {"dtype": dtype})
-        predict = inference.Predictor(m)
+        predict = Predictor(m)
         jax.block_until_ready(predict(rgb, sar))  # compile
         times = []
         for _ in range(3):

@@ -1,17 +1,14 @@
-"""Convert official ASANet / ImageNet ConvNeXt V2 weights into a model directory.
+"""Convert official weights into a model directory: ``asanet-convert`` and
 
-    python scripts/convert_torch_weights.py --torch_checkpoint asanet_pie.pth --output ckpt/pie
-    python scripts/convert_torch_weights.py --kind imagenet \
-        --torch_checkpoint convnext-v2-tiny_in1k.pth --output ckpt/init --set num_classes=6
+The program is ``asanet_jax/commands/convert.py`` (installed as ``asanet-convert``); see its
+docstring, or ``--help``.
 """
 
-from asanet_jax import cli
+from asanet_jax import interrupts
 
-cli.hold_interrupts()  # first: a Ctrl-C during the imports below ends cleanly too
+interrupts.hold()  # first: a Ctrl-C during the imports below ends cleanly too
 
-import sys
-
-from asanet_jax.convert.cli import convert_main
+from asanet_jax.commands import convert
 
 if __name__ == "__main__":
-    sys.exit(convert_main())
+    convert.run()

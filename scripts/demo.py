@@ -8,9 +8,9 @@ metrics are printed again) unless --overwrite is given.
 
 from __future__ import annotations
 
-from asanet_jax import cli
+from asanet_jax import interrupts
 
-cli.hold_interrupts()  # first: a Ctrl-C during the imports below ends cleanly too
+interrupts.hold()  # first: a Ctrl-C during the imports below ends cleanly too
 
 import argparse
 import json
@@ -22,8 +22,9 @@ import numpy as np
 from absl import logging
 
 import asanet_jax
-from asanet_jax import inference, metrics, visualize
+from asanet_jax import errors, metrics, visualize
 from asanet_jax.data import build, transforms
+from asanet_jax.predict.predictor import Predictor
 from asanet_jax.train import recipe, trainer
 
 
@@ -34,7 +35,7 @@ def predict_examples(model_dir: pathlib.Path, config, count: int = 4):
     spec = source.spec
     examples = [transforms.eval_example(source.records[i], spec) for i in range(count)]
     batch = {k: np.stack([e[k] for e in examples]) for k in ("optical", "sar")}
-    labels = inference.Predictor(model).labels(batch["optical"], batch["sar"])
+    labels = Predictor(model).labels(batch["optical"], batch["sar"])
     return examples, list(labels), spec
 
 
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    return cli.run(lambda: demo(args))
+    return errors.run(lambda: demo(args))
 
 
 def demo(args) -> int:

@@ -1,15 +1,14 @@
-"""Write a model directory as an official-format mmseg checkpoint.
+"""Write a model directory as an official-format checkpoint: ``asanet-export`` and
 
-python scripts/export_torch_weights.py --checkpoint ckpt/pie --output asanet_pie.pth
+The program is ``asanet_jax/commands/export.py`` (installed as ``asanet-export``); see its
+docstring, or ``--help``.
 """
 
-from asanet_jax import cli
+from asanet_jax import interrupts
 
-cli.hold_interrupts()  # first: a Ctrl-C during the imports below ends cleanly too
+interrupts.hold()  # first: a Ctrl-C during the imports below ends cleanly too
 
-import sys
-
-from asanet_jax.convert.cli import export_main
+from asanet_jax.commands import export
 
 if __name__ == "__main__":
-    sys.exit(export_main())
+    export.run()

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import sys
 
 # Reuse compiled programs across tests and their subprocesses (the training tests compile
 # the same micro model in several runs).
@@ -17,7 +18,14 @@ import pytest
 # Parity is measured at full float32 matmul precision (TF32/bf16 passes otherwise).
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from benchmarks.golden import GOLDEN, nhwc, rel_l2  # noqa: E402, F401
+# Test support is imported as `tests.support` (tests/ itself is a namespace package):
+# `python -m pytest` from the repository root has the root on sys.path; a bare `pytest`
+# puts only tests/ there.
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if all(pathlib.Path(p or ".").resolve() != REPO for p in sys.path):
+    sys.path.insert(0, str(REPO))
+
+from tests.support.golden import GOLDEN, nhwc, rel_l2  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from conftest import GOLDEN
 from micro import micro_model
 
 from asanet_jax import checkpointing
-from asanet_jax.data import fake_sources
+from tests.support import fake_sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CHECKPOINT = GOLDEN / "checkpoint.pth"
@@ -189,7 +189,7 @@ def test_convert_overwrite_keeps_what_it_did_not_write(tmp_path, model_dir):
     assert_one_line_error(proc, target / "weights" / "src.pth", "the source is inside --output")
     assert checksums(tmp_path) == before
     proc, _ = convert(CHECKPOINT, "--output", target, "--overwrite")
-    assert_one_line_error(proc, "holds files that no model save wrote", "weights/notes.txt")
+    assert_one_line_error(proc, "not a model directory as written", "weights/notes.txt")
     assert checksums(tmp_path) == before
     # A model directory written before model.json listed its weights' files: orbax's
     # names are told from others.

@@ -163,7 +163,7 @@ def test_load_model_checks_config_against_weights(converted):
 
 
 def test_dataset_flag_records_the_official_preprocessing(tmp_path):
-    from asanet_jax import loading
+    from asanet_jax import checkpointing
 
     out = tmp_path / "pie"
     run_script(
@@ -173,7 +173,7 @@ def test_dataset_flag_records_the_official_preprocessing(tmp_path):
     )
     meta = json.loads((out / "model.json").read_text())
     assert meta["tfds"] == {"name": "pie_rgb_sar", "config": None}
-    spec = loading.model_dataset(meta, out)  # what predict.py and eval.py use
+    spec = checkpointing.model_dataset(meta, out)  # what predict.py and eval.py use
     # The official PIE config's normalisation (B, G, R order) and OpenCV decoding.
     assert spec.optical_mean == (73.422, 89.751, 83.405)
     assert spec.optical_std == (29.48, 26.953, 24.829)

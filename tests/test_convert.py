@@ -19,8 +19,9 @@ from asanet_jax.convert import (
     load_torch_checkpoint,
     read_state_dict,
 )
-from asanet_jax.convert.cli import convert_main, write_state_dict
+from asanet_jax.convert.cli import convert_main
 from asanet_jax.convert.layout import official_layout
+from asanet_jax.convert.state_dicts import write_state_dict
 from asanet_jax.models import ASANet, resolve
 from asanet_jax.weights import flat_weights
 

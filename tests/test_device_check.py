@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import sys
 
-from benchmarks import golden
+from tests.support import golden
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from micro import micro_model
 
-from asanet_jax import checkpointing, evaluation, inference
+from asanet_jax import checkpointing, evaluation
 from asanet_jax.data import build, preprocess, specs, transforms
+from asanet_jax.predict.predictor import InferenceError, Predictor
+from asanet_jax.predict.windows import slide, window_starts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,19 +37,19 @@ def image_as_logits(optical, sar):
 
 def test_window_grid_follows_mmseg_slide_inference():
     # h_grids = max(h - crop + stride - 1, 0) // stride + 1; last window moved to the edge.
-    assert inference.window_starts(100, 64, 40) == [0, 36]
-    assert inference.window_starts(64, 64, 40) == [0]
-    assert inference.window_starts(200, 64, 64) == [0, 64, 128, 136]
+    assert window_starts(100, 64, 40) == [0, 36]
+    assert window_starts(64, 64, 40) == [0]
+    assert window_starts(200, 64, 64) == [0, 64, 128, 136]
 
 
 def test_sliding_windows_average_overlaps_and_reject_small_images():
     rng = np.random.default_rng(0)
     optical = rng.standard_normal((2, 70, 90, 3)).astype(np.float32)
     sar = rng.standard_normal((2, 70, 90, 3)).astype(np.float32)
-    out = inference.slide(image_as_logits, optical, sar, (32, 48), (20, 30), 3)
+    out = slide(image_as_logits, optical, sar, (32, 48), (20, 30), 3)
     np.testing.assert_allclose(out, image_as_logits(optical, sar), rtol=1e-6, atol=1e-6)
-    with pytest.raises(inference.InferenceError, match="70x90 is smaller than the 96x96 window"):
-        inference.slide(image_as_logits, optical, sar, (96, 96), (48, 48), 3)
+    with pytest.raises(InferenceError, match="70x90 is smaller than the 96x96 window"):
+        slide(image_as_logits, optical, sar, (96, 96), (48, 48), 3)
 
 
 def test_tta_undoes_flips_and_scales():
@@ -72,7 +74,7 @@ def test_tta_undoes_flips_and_scales():
 
 def test_split_metrics_equal_an_independent_computation(setup):
     _, model, source = setup
-    predictor = inference.Predictor(model)
+    predictor = Predictor(model)
     result, confusion, samples = evaluation.evaluate(
         predictor, source, evaluation.Settings(), progress=False
     )

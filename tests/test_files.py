@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from asanet_jax import files
+from asanet_jax import files, interrupts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_writer_disk_errors_become_the_os_error_they_are(tmp_path):
 def test_deferred_interrupt_finishes_the_block_then_raises():
     done = []
     before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt), files.deferred_interrupt():
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         done.append(True)

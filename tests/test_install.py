@@ -81,7 +81,8 @@ CHILD = textwrap.dedent(
     import numpy as np
 
     jax.config.update("jax_default_matmul_precision", "highest")
-    from asanet_jax import checkpointing, inference
+    from asanet_jax import checkpointing
+    from asanet_jax.predict.predictor import Predictor
     from asanet_jax.convert.cli import convert_main
 
     source, out, io_path = sys.argv[1:4]
@@ -89,7 +90,7 @@ CHILD = textwrap.dedent(
     model, _, _ = checkpointing.load_model_dir(out)
     io = np.load(io_path)
     x = np.ascontiguousarray(io["s96x136.input"].transpose(0, 2, 3, 1))
-    logits = np.asarray(inference.Predictor(model)(x[..., :3], x[..., 3:]))
+    logits = np.asarray(Predictor(model)(x[..., :3], x[..., 3:]))
     ref = io["s96x136.logits"].transpose(0, 2, 3, 1)
     rel = float(np.linalg.norm(logits - ref) / np.linalg.norm(ref))
     dists = sorted(d.metadata["Name"] for d in importlib.metadata.distributions())
@@ -138,3 +139,49 @@ def test_convert_and_infer_with_only_the_core_dependencies(tmp_path, golden_stat
     seen = {_name(d) for d in report["distributions"]} - {"asanet-jax"}
     assert seen == set(linked), seen ^ set(linked)  # nothing else was importable
     assert (tmp_path / "model" / "model.json").is_file()
+
+
+PROGRAMS = ("train", "eval", "predict", "convert", "export", "build-dataset")
+
+
+def test_the_wheel_installs_the_programs_the_configs_and_the_builders(tmp_path):
+    """What `pip install asanet-jax` puts in place: a console script per program, the
+    training configs and the TFDS builders inside the package."""
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(REPO)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("asanet_jax-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for program in PROGRAMS:
+        module = program.replace("-", "_")
+        assert f"asanet-{program} = asanet_jax.commands.{module}:run" in scripts, scripts
+    for config in ("pie", "ddhr", "whu", "ablations", "demo", "folder"):
+        assert f"asanet_jax/configs/{config}.py" in names
+    for builder in ("pie_rgb_sar", "ddhr_sk", "whu_opt_sar", "rgb_sar_folder", "synthetic_rgb_sar"):
+        assert any(n.startswith(f"asanet_jax/tfds_builders/{builder}/") for n in names), builder
+    assert not any(n.startswith(("tests/", "benchmarks/", "configs/")) for n in names)
+
+
+def test_the_programs_find_the_installed_configs_from_any_folder(tmp_path):
+    """`asanet-train --config configs/demo.py:...` outside a checkout reads the config
+    installed with the package (this one stops at its unknown variant)."""
+    bin_dir = pathlib.Path(sys.executable).parent
+    for program in PROGRAMS:
+        assert (bin_dir / f"asanet-{program}").is_file(), program
+    proc = subprocess.run(
+        [str(bin_dir / "asanet-train"), "--config", "configs/demo.py:bogus"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "configs/demo.py: unknown variant 'bogus'" in proc.stderr.strip().splitlines()[-1]
+    proc = subprocess.run(
+        [str(bin_dir / "asanet-train"), "--config", "configs/nothing.py"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.stderr.strip().splitlines()[-1] == "error: configs/nothing.py: no such config file"

@@ -2,7 +2,7 @@
 
 Tolerances (docs/design.md): rel-L2 <= 1e-4 per output, 1e-5 relative on the loss,
 <= 1e-3 per gradient tensor, all in float32 at highest matmul precision. The
-measurements live in benchmarks/golden.py, which the accelerator check reuses.
+measurements live in tests/support/golden.py, which the accelerator check reuses.
 """
 
 import jax
@@ -14,8 +14,8 @@ from flax import nnx
 
 from asanet_jax.convert.official import load_state_dict
 from asanet_jax.models import torch_ops
-from benchmarks import golden
-from benchmarks.golden import GRAD_TOL, LOSS_TOL, OUTPUT_TOL
+from tests.support import golden
+from tests.support.golden import GRAD_TOL, LOSS_TOL, OUTPUT_TOL
 
 
 @pytest.fixture(scope="module", params=["xla", "cpu"])

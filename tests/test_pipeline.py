@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from asanet_jax.data import build, fake_sources, pipeline, preprocess, specs, transforms
+from asanet_jax.data import build, pipeline, preprocess, specs, transforms
+from tests.support import fake_sources
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,17 @@ import pytest
 import rasterio
 from micro import micro_model
 
-from asanet_jax import inference, scene
-from asanet_jax.data import build, fake_sources, io, preprocess, specs, transforms
+from asanet_jax.data import build, io, preprocess, specs, transforms
+from asanet_jax.predict import rasters, scene
+from asanet_jax.predict.predictor import Predictor, whole
+from tests.support import fake_sources
 
 SIZE = 32  # the micro model's smallest input side
 
 
 @pytest.fixture(scope="module")
 def predictor():
-    return inference.Predictor(micro_model(3, seed=3))
+    return Predictor(micro_model(3, seed=3))
 
 
 def plain_spec(percentile):
@@ -84,7 +86,7 @@ def test_builder_pipeline_and_scene_prediction_feed_the_model_the_same_inputs(pr
     np.testing.assert_allclose(example["sar"], s, rtol=1e-6, atol=1e-5)
     assert (example["label"][missing] == 255).all()
     # Scene prediction, from the files: its output is the model's argmax on those inputs.
-    logits = inference.whole(predictor, example["optical"][None], example["sar"][None])[0]
+    logits = whole(predictor, example["optical"][None], example["sar"][None])[0]
     expected = np.where(missing, scene.NODATA, logits.argmax(-1))
     with rasterio.open(predict_file(predictor, root, "c", spec, tmp_path / "out.tif")) as dst:
         np.testing.assert_array_equal(dst.read(1), expected)
@@ -92,7 +94,7 @@ def test_builder_pipeline_and_scene_prediction_feed_the_model_the_same_inputs(pr
     raw_sar = preprocess.normalise(
         np.nan_to_num(read(root / "sar" / "c.tif")[0][..., [0, 1, 0]]), spec.sar_mean, spec.sar_std
     )
-    raw_logits = inference.whole(predictor, example["optical"][None], raw_sar[None])[0]
+    raw_logits = whole(predictor, example["optical"][None], raw_sar[None])[0]
     assert (raw_logits.argmax(-1) != logits.argmax(-1))[~missing].any()
 
 
@@ -113,7 +115,7 @@ def test_percentile_stretch_at_prediction_takes_the_scenes_limits(predictor, tmp
     spec = source.spec
     # A chip is its own scene: the scene's limits are the chip's, as in training.
     example = transforms.eval_example(source.records[0], spec)
-    logits = inference.whole(predictor, example["optical"][None], example["sar"][None])[0]
+    logits = whole(predictor, example["optical"][None], example["sar"][None])[0]
     _, _, missing = expected_inputs(root, "c", spec)
     with rasterio.open(predict_file(predictor, root, "c", spec, tmp_path / "out.tif")) as dst:
         np.testing.assert_array_equal(dst.read(1), np.where(missing, 255, logits.argmax(-1)))
@@ -134,8 +136,8 @@ def test_percentile_limits_of_a_large_scene_come_from_a_decimated_first_pass(tmp
     fake_sources.write_geotiff(tmp_path / "sar.tif", sar, nodata=np.nan)
     fake_sources.write_geotiff(tmp_path / "opt.tif", np.ones((4100, 60, 3), np.uint8))
     spec = plain_spec(percentile=True)
-    inputs = scene.open_scene(tmp_path / "opt.tif", tmp_path / "sar.tif", spec)
-    limits = scene.scene_sar_limits(inputs, spec)
+    inputs = rasters.open_scene(tmp_path / "opt.tif", tmp_path / "sar.tif", spec)
+    limits = rasters.scene_sar_limits(inputs, spec)
     exact = np.nanpercentile(sar.reshape(-1, 2), [2, 98], axis=0).T
     np.testing.assert_allclose(limits, exact, atol=0.1)  # 2048 of 4100 rows sampled
 
@@ -145,4 +147,4 @@ def test_band_numbers_out_of_range_name_the_files_band_count(tmp_path):
     fake_sources.write_geotiff(tmp_path / "sar.tif", np.ones((40, 40, 1), np.float32))
     spec = plain_spec(percentile=False)
     with pytest.raises(io.DataError, match=r"sar_bands \[1, 2, 1\] asks for band 2, but the sar"):
-        scene.open_scene(tmp_path / "opt.tif", tmp_path / "sar.tif", spec)
+        rasters.open_scene(tmp_path / "opt.tif", tmp_path / "sar.tif", spec)

@@ -17,8 +17,11 @@ import rasterio
 from micro import micro_model
 from test_scene import assert_labels_match, in_memory
 
-from asanet_jax import checkpointing, inference, loading, region
-from asanet_jax.data import fake_sources, io, specs
+from asanet_jax import checkpointing
+from asanet_jax.data import io, specs
+from asanet_jax.predict import region, scene_list
+from asanet_jax.predict.predictor import Predictor
+from tests.support import fake_sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPEC = specs.synthetic_spec()
@@ -41,9 +44,9 @@ def region_dir(tmp_path_factory):
     """A model directory, four scene pairs under S2/ and S1/, and a CSV listing them."""
     root = tmp_path_factory.mktemp("region")
     model = micro_model(6, seed=2)
-    record = loading.dataset_record(SPEC, "synthetic_rgb_sar", "default")
+    record = checkpointing.dataset_record(SPEC, "synthetic_rgb_sar", "default")
     checkpointing.save_model(root / "model", model, metadata=record)
-    predictor = inference.Predictor(model)
+    predictor = Predictor(model)
     reference = {}
     for seed, (name, shape) in enumerate(SHAPES.items()):
         optical, sar = write_pair(root, name, shape, seed)
@@ -112,7 +115,7 @@ def test_a_list_over_eight_devices_equals_one_window_at_a_time(region_dir):
 
 def test_two_globs_pair_files_by_what_their_wildcards_match(region_dir, tmp_path):
     root, _ = region_dir
-    pairs = region.match_globs(str(root / "S2" / "*.tif"), str(root / "S1" / "*.tif"), tmp_path)
+    pairs = scene_list.match_globs(str(root / "S2" / "*.tif"), str(root / "S1" / "*.tif"), tmp_path)
     assert [(p.optical.name, p.sar.parent.name, p.output) for p in pairs] == [
         (f"{n}.tif", "S1", tmp_path / f"{n}.tif") for n in sorted(SHAPES)
     ]
@@ -122,25 +125,25 @@ def test_two_globs_pair_files_by_what_their_wildcards_match(region_dir, tmp_path
         (tmp_path / f"{n}_S.tif").write_bytes(b"")
     (tmp_path / "x3_B.tif").write_bytes(b"")
     with pytest.raises(io.DataError, match=r"x3_B.tif has no SAR partner among '.*\*_S.tif'"):
-        region.match_globs(str(tmp_path / "*_B.tif"), str(tmp_path / "*_S.tif"), tmp_path)
+        scene_list.match_globs(str(tmp_path / "*_B.tif"), str(tmp_path / "*_S.tif"), tmp_path)
     (tmp_path / "x3_B.tif").unlink()
-    pairs = region.match_globs(str(tmp_path / "*_B.tif"), str(tmp_path / "*_S.tif"), "maps")
+    pairs = scene_list.match_globs(str(tmp_path / "*_B.tif"), str(tmp_path / "*_S.tif"), "maps")
     assert [p.output for p in pairs] == [pathlib.Path("maps/x1.tif"), pathlib.Path("maps/x2.tif")]
 
 
 def test_list_files_csv_and_whitespace_and_their_errors(tmp_path):
     (tmp_path / "l.txt").write_text("# a comment\n\na.tif  b.tif  out/c.tif\n")
-    (pair,) = region.read_list(tmp_path / "l.txt")
+    (pair,) = scene_list.read_list(tmp_path / "l.txt")
     assert pair.optical == tmp_path / "a.tif" and pair.output == tmp_path / "out" / "c.tif"
     assert pair.where == f"{tmp_path / 'l.txt'} line 3"
     (tmp_path / "l.csv").write_text('optical,sar,output\n"my a.tif",b.tif,c.tif\nx.tif,y.tif\n')
     with pytest.raises(
         io.DataError, match=r"l.csv line 3: expected optical, SAR and output paths; found 2"
     ):
-        region.read_list(tmp_path / "l.csv")
+        scene_list.read_list(tmp_path / "l.csv")
     (tmp_path / "e.csv").write_text("optical,sar,output\n")
     with pytest.raises(io.DataError, match="no scenes listed"):
-        region.read_list(tmp_path / "e.csv")
+        scene_list.read_list(tmp_path / "e.csv")
 
 
 def test_every_bad_entry_is_reported_before_any_work(region_dir, tmp_path):
@@ -266,7 +269,7 @@ def test_a_run_killed_midway_resumes_and_redoes_only_unfinished_scenes(region_di
     ]
     for name in ("a", "c"):
         assert_labels_match(labels(out / f"{name}.tif"), *reference[name])
-    predictor = inference.Predictor(micro_model(6, seed=2))
+    predictor = Predictor(micro_model(6, seed=2))
     logits = in_memory(predictor, big_optical, big_sar, (WINDOW,) * 2, (STRIDE,) * 2)
     assert_labels_match(labels(out / "big.tif"), logits, (big_optical == 0).all(-1))
     # The killed run's temporaries are gone, and nothing else was left.
@@ -281,11 +284,12 @@ def test_a_run_killed_midway_resumes_and_redoes_only_unfinished_scenes(region_di
 def test_an_existing_preview_that_is_not_ours_is_not_overwritten(region_dir, tmp_path):
     root, _ = region_dir
     (tmp_path / "a.png").write_bytes(b"my own picture")
-    pair = region.Pair(root / "S2" / "a.tif", root / "S1" / "a.tif", tmp_path / "a.tif")
-    settings = dict(window=WINDOW, stride=STRIDE, min_side=32, extras={"preview": True})
+    pair = scene_list.Pair(root / "S2" / "a.tif", root / "S1" / "a.tif", tmp_path / "a.tif")
+    settings = region.Settings(window=WINDOW, stride=STRIDE, preview=True)
     with pytest.raises(io.DataError, match=r"a.png already exists and was not written by"):
-        region.check([pair], SPEC, {"model": "m"}, **settings)
-    plan = region.check([pair], SPEC, {"model": "m"}, overwrite=True, **settings)
+        region.check([pair], SPEC, settings, model="m", min_side=32)
+    overwrite = region.Settings(window=WINDOW, stride=STRIDE, preview=True, overwrite=True)
+    plan = region.check([pair], SPEC, overwrite, model="m", min_side=32)
     assert plan.complete == [False]
 
 
@@ -293,12 +297,12 @@ def test_globs_are_normalised_and_bad_ones_are_named(region_dir, tmp_path, monke
     root, _ = region_dir
     monkeypatch.chdir(root)
     for optical in ("./S2/*.tif", "S2//*.tif", f"{root}/./S2/[a-b].tif"):
-        pairs = region.match_globs(
+        pairs = scene_list.match_globs(
             optical, "S1/*.tif" if "[" not in optical else "S1/[a-b].tif", "o"
         )
         assert [p.output.name for p in pairs][:2] == ["a.tif", "b.tif"], optical
     with pytest.raises(io.DataError, match=r"--optical 'S2/\*\*.tif' is not a valid glob"):
-        region.match_globs("S2/**.tif", "S1/*.tif", "o")
+        scene_list.match_globs("S2/**.tif", "S1/*.tif", "o")
 
 
 def test_a_spreadsheets_csv_and_one_output_spelled_two_ways(region_dir, tmp_path):
@@ -309,7 +313,9 @@ def test_a_spreadsheets_csv_and_one_output_spelled_two_ways(region_dir, tmp_path
         for n, o in (("a", "out/a.tif"), ("b", "out/../out/a.tif"))
     ]
     (tmp_path / "s.csv").write_text("\ufeffoptical,sar,output\r\n" + "\r\n".join(rows) + "\r\n")
-    pairs = region.read_list(tmp_path / "s.csv")  # BOM, CRLF, spaces after commas
+    pairs = scene_list.read_list(tmp_path / "s.csv")  # BOM, CRLF, spaces after commas
     assert [p.sar.name for p in pairs] == ["a.tif", "b.tif"]
     with pytest.raises(io.DataError, match=r"out/../out/a.tif: also an output of .*s.csv line 2"):
-        region.check(pairs, SPEC, {"model": "m"}, window=WINDOW, stride=STRIDE, min_side=32)
+        region.check(
+            pairs, SPEC, region.Settings(window=WINDOW, stride=STRIDE), model="m", min_side=32
+        )

@@ -11,8 +11,12 @@ import pytest
 import rasterio
 from micro import micro_model
 
-from asanet_jax import checkpointing, inference, loading, scene
-from asanet_jax.data import fake_sources, io, specs, transforms
+from asanet_jax import checkpointing
+from asanet_jax.data import io, specs, transforms
+from asanet_jax.predict import rasters, scene
+from asanet_jax.predict.predictor import Predictor, whole
+from asanet_jax.predict.windows import blend_weights, slide
+from tests.support import fake_sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPEC = specs.synthetic_spec()
@@ -25,7 +29,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def predictor(model):
-    return inference.Predictor(model)
+    return Predictor(model)
 
 
 def write_scene(root, shape, crs="EPSG:32650", sar_crs=None, optical_bands=3):
@@ -52,8 +56,8 @@ def in_memory(predict, optical, sar, window, stride):
         {"optical": optical, "sar": sar[..., None], "label": np.zeros(sar.shape, np.uint8)}, SPEC
     )
     if window is None:
-        return inference.whole(predict, ex["optical"][None], ex["sar"][None])[0]
-    return inference.slide(predict, ex["optical"][None], ex["sar"][None], window, stride, 6)[0]
+        return whole(predict, ex["optical"][None], ex["sar"][None])[0]
+    return slide(predict, ex["optical"][None], ex["sar"][None], window, stride, 6)[0]
 
 
 def assert_labels_match(labels, logits, missing, margin=1e-4):
@@ -124,11 +128,11 @@ def test_scene_within_one_window_equals_whole_image_inference(predictor, tmp_pat
 
 def test_blend_weights_are_numpys_triangle_and_hann_windows():
     for blend, window in (("linear", np.bartlett), ("hann", np.hanning)):
-        w = inference.blend_weights(40, 24, blend)[..., 0]
+        w = blend_weights(40, 24, blend)[..., 0]
         # numpy's windows end in zeros; ours are their positive interior.
         expected = np.outer(window(42)[1:-1], window(26)[1:-1])
         np.testing.assert_allclose(w, expected, rtol=1e-6, atol=1e-7)
-    assert (inference.blend_weights(5, 7, "mean") == 1).all()
+    assert (blend_weights(5, 7, "mean") == 1).all()
 
 
 @pytest.mark.parametrize("blend", ["linear", "hann"])
@@ -268,7 +272,7 @@ def test_align_warps_the_sar_like_rasterio_reproject(predictor, tmp_path, grid):
     assert np.isnan(aligned[:, 0]).all() and np.isfinite(aligned).mean() > 0.7
     fake_sources.write_geotiff(tmp_path / "sar_aligned.tif", aligned, nodata=np.nan)
     with pytest.raises(io.DataError, match=r"not co-registered.*--align warps"):
-        scene.open_scene(tmp_path / "opt.tif", tmp_path / "sar_other_grid.tif", SPEC)
+        rasters.open_scene(tmp_path / "opt.tif", tmp_path / "sar_other_grid.tif", SPEC)
     common = dict(window=64, stride=48, batch_size=2)
     scene.label_scene(
         predictor,
@@ -310,7 +314,7 @@ def test_inputs_that_do_not_fit_are_clear_errors(predictor, tmp_path, kwargs, me
 
 def test_predict_script_and_its_error_messages(model, tmp_path):
     # The model directory records its dataset, as training and --dataset conversion write it.
-    record = loading.dataset_record(SPEC, "synthetic_rgb_sar", "default")
+    record = checkpointing.dataset_record(SPEC, "synthetic_rgb_sar", "default")
     checkpointing.save_model(tmp_path / "model", model, metadata=record)
     checkpointing.save_model(tmp_path / "bare", model)  # records none
     optical, sar = write_scene(tmp_path, (80, 90))
@@ -332,7 +336,7 @@ def test_predict_script_and_its_error_messages(model, tmp_path):
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (tmp_path / "o.png").is_file()
     # Default stride: 2/3 of the window.
-    expected = in_memory(inference.Predictor(model), optical, sar, (64, 64), (42, 42)).argmax(-1)
+    expected = in_memory(Predictor(model), optical, sar, (64, 64), (42, 42)).argmax(-1)
     expected[:5, :7] = scene.NODATA
     with rasterio.open(tmp_path / "o.tif") as out:
         np.testing.assert_array_equal(out.read(1), expected)

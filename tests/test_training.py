@@ -4,6 +4,7 @@ meshes, exact resume (also after SIGKILL), divergence handling, and metrics."""
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from asanet_jax import checkpointing, metrics
 from asanet_jax.convert import layout, mapping
 from asanet_jax.models.asanet import ASANet, count_params
 from asanet_jax.models.config import resolve
-from asanet_jax.train import optimizer, recipe, trainer
+from asanet_jax.train import checkpoints, optimizer, recipe, trainer
 
 THIRD_PARTY = pathlib.Path(__file__).parent / "fixtures" / "third_party"
 
@@ -282,13 +283,13 @@ def test_stopped_and_resumed_run_equals_the_uninterrupted_one(uninterrupted, tmp
 
 
 def start_training(data_dir, workdir, steps=40) -> subprocess.Popen:
-    """A training run in a subprocess, through the scripts' error handling (cli.run)."""
+    """A training run in a subprocess, through the scripts' error handling (errors.run)."""
     script = (
         "import sys; sys.path.insert(0, {!r}); sys.path.insert(0, {!r})\n"
         "from test_training import micro_config\n"
-        "from asanet_jax import cli\nfrom asanet_jax.train import trainer\n"
+        "from asanet_jax import errors\nfrom asanet_jax.train import trainer\n"
         "c = micro_config({!r}, steps={})\n"
-        "sys.exit(cli.run(lambda: trainer.train(c, {!r}) and 0))\n"
+        "sys.exit(errors.run(lambda: trainer.train(c, {!r}) and 0))\n"
     ).format(str(REPO), str(REPO / "tests"), str(data_dir), steps, str(workdir))
     return subprocess.Popen(
         [sys.executable, "-c", script],
@@ -319,7 +320,7 @@ def test_run_killed_with_sigkill_resumes_exactly(uninterrupted, tmp_path):
     proc.wait()
     # The OS released the lock with its holder. Resume the killed run two steps past its
     # last checkpoint; run a reference straight to the same step; both save there.
-    start = trainer.checkpointing.TrainCheckpoints(tmp_path / "run", 3).latest_step()
+    start = checkpoints.TrainCheckpoints(tmp_path / "run", 3).latest_step()
     assert start is not None and start >= 2
     trainer.train(micro_config(root / "data", steps=40), tmp_path / "run", stop_after=2)
     trainer.train(micro_config(root / "data", steps=40), tmp_path / "ref", stop_after=start + 2)
@@ -341,11 +342,11 @@ def test_ctrl_c_stops_a_run_after_its_step_with_a_checkpoint_and_it_resumes(
     assert stderr.strip().splitlines()[-1] == "interrupted" and "Traceback" not in stderr
     assert "stopping after this step with a checkpoint" in stderr
     assert (tmp_path / "run" / "run.lock").read_text() == ""  # released, holder cleared
-    stopped = trainer.checkpointing.TrainCheckpoints(tmp_path / "run", 3).latest_step()
+    stopped = checkpoints.TrainCheckpoints(tmp_path / "run", 3).latest_step()
     assert stopped is not None and stopped >= 2
     assert f"stopped at step {stopped}" in stderr  # no step done was lost
     trainer.train(micro_config(root / "data", steps=40), tmp_path / "run", stop_after=2)
-    assert trainer.checkpointing.TrainCheckpoints(tmp_path / "run", 3).latest_step() == stopped + 2
+    assert checkpoints.TrainCheckpoints(tmp_path / "run", 3).latest_step() == stopped + 2
 
 
 def _checkpoint_params(workdir, step):
@@ -369,7 +370,7 @@ def test_diverging_loss_stops_naming_the_step(uninterrupted, tmp_path):
 
 
 def test_train_script_trains_on_a_pie_format_folder(tmp_path):
-    from asanet_jax.data import fake_sources
+    from tests.support import fake_sources
 
     source = fake_sources.write_pie(tmp_path / "PIE", [f"t{i}" for i in range(6)], ["v0", "v1"], 64)
     cmd = [
@@ -420,8 +421,9 @@ def test_folder_config_trains_on_sentinel_chips_and_the_model_directory_alone_pr
     then eval and predict from the model directory with no config and no dataset name."""
     import rasterio
 
-    from asanet_jax import inference
-    from asanet_jax.data import build, fake_sources, specs, transforms
+    from asanet_jax.data import build, specs, transforms
+    from asanet_jax.predict.predictor import Predictor, whole
+    from tests.support import fake_sources
 
     src = fake_sources.write_sentinel_folder(tmp_path / "chips", ["a", "b", "d"], ["c"], 32)
     out = run_script(
@@ -453,9 +455,7 @@ def test_folder_config_trains_on_sentinel_chips_and_the_model_directory_alone_pr
     # What the model predicts for chip c, through the builder and the pipeline.
     model, _, _ = checkpointing.load_model_dir(tmp_path / "run" / "model")
     example = transforms.eval_example(source.records[0], source.spec)
-    logits = inference.whole(
-        inference.Predictor(model), example["optical"][None], example["sar"][None]
-    )
+    logits = whole(Predictor(model), example["optical"][None], example["sar"][None])
     expected = np.where(example["label"] == 255, 255, logits[0].argmax(-1))
     del source
     shutil.rmtree(tmp_path / "data")  # nothing but the model directory and the rasters
@@ -484,7 +484,7 @@ def folder_micro_config(data_dir, manual_dir):
 
 
 def test_the_same_data_with_ignore_100_or_255_trains_identically(tmp_path):
-    from asanet_jax.data import fake_sources
+    from tests.support import fake_sources
 
     results = {}
     for ignore in (100, 255):
@@ -578,13 +578,13 @@ def test_resume_sets_a_damaged_latest_checkpoint_aside_and_takes_the_one_before(
 
     state = {"w": jnp.arange(50_000, dtype=jnp.float32)}
     opt_state = {"m": jnp.ones(50_000, jnp.float32)}
-    saves = checkpointing.TrainCheckpoints(tmp_path, 3)
+    saves = checkpoints.TrainCheckpoints(tmp_path, 3)
     for step in (2, 4):
         saves.save(step, {"w": state["w"] + step}, opt_state, {"position": step})
     saves.wait()
     saves.close()
     _damage(tmp_path / "checkpoints" / "last" / "4", how)
-    saves = checkpointing.TrainCheckpoints(tmp_path, 3)
+    saves = checkpoints.TrainCheckpoints(tmp_path, 3)
     logged = []
     step, restored, _, data = saves.restore_latest(state, opt_state, log=logged.append)
     assert step == 2 and data == {"position": 2}
@@ -594,7 +594,7 @@ def test_resume_sets_a_damaged_latest_checkpoint_aside_and_takes_the_one_before(
     assert [p.name[:2] for p in (tmp_path / "checkpoints" / "damaged").iterdir()] == ["4-"]
     # With every save damaged nothing is resumed silently, nor moved: the error names each.
     _damage(tmp_path / "checkpoints" / "last" / "2", how)
-    saves = checkpointing.TrainCheckpoints(tmp_path, 3)
+    saves = checkpoints.TrainCheckpoints(tmp_path, 3)
     with pytest.raises(checkpointing.ModelCheckpointError, match="no checkpoint restores: step 2"):
         saves.restore_latest(state, opt_state, log=logged.append)
     assert (tmp_path / "checkpoints" / "last" / "2").is_dir()
@@ -616,3 +616,79 @@ def test_a_run_whose_latest_checkpoint_is_damaged_finishes_like_an_uninterrupted
     expected, got = final_state(root / "run"), final_state(tmp_path / "run")
     for k in expected:
         np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+
+
+def test_train_script_resuming_past_a_damaged_checkpoint_says_so_in_one_line(
+    uninterrupted, tmp_path
+):
+    """What a user sees: one line naming the step, the item and why, then the usual run;
+    no tracebacks of orbax's abandoned reads, no TensorStore spec."""
+    root, _ = uninterrupted
+    shutil.copytree(root / "run", tmp_path / "run")
+    for name in ("run.json", "metrics.json"):
+        (tmp_path / "run" / name).unlink()
+    shutil.rmtree(tmp_path / "run" / "model")
+    _damage(tmp_path / "run" / "checkpoints" / "last" / "4" / "opt_state", "truncate")
+    out = run_script(
+        "train.py",
+        f"--config={REPO / 'configs' / 'demo.py'}:runlocal",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data.data_dir={root / 'data'}",
+        *MICRO_FLAGS,
+        "--config.model.drop_path_rate=0.1",  # micro_config's: the compiled steps are reused
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "final mIoU" in out.stdout
+    notices = [line for line in out.stderr.split("\n") if "does not restore" in line]
+    assert len(notices) == 1, out.stderr[-3000:]
+    assert "checkpoint step 4 does not restore (opt_state: " in notices[0], notices[0]
+    assert f"moved it to {tmp_path / 'run' / 'checkpoints' / 'damaged' / '4-'}" in notices[0]
+    assert "tensorstore(" not in notices[0].lower() and "{'" not in notices[0], notices[0]
+    assert len(notices[0]) < 500, notices[0]
+    for noise in ("Traceback", "Event loop is closed", "Exception ignored", "never retrieved"):
+        assert noise not in out.stderr, out.stderr[:3000]
+    # Otherwise as an undamaged resume: the progress bar, "resumed from step 2" and at
+    # most a few orbax warnings ("Waiting for previous save ...").
+    said = [
+        re.sub(r"\s*\d+%\|[^\]]*\]", "", part).strip() for part in re.split(r"[\r\n]", out.stderr)
+    ]
+    said = [line for line in said if line]
+    assert said[:2] == [notices[0], f"resumed from step 2 in {tmp_path / 'run'}"], said
+    assert len(said) <= 6, said
+
+
+def test_a_restore_that_raises_settles_the_reads_still_running(monkeypatch, caplog):
+    """Orbax closes its event loop as soon as one array fails to read. Whether the other
+    reads are still running then is a race (the flood of the test above); here they are
+    by construction, and closing settles them: nothing of theirs prints afterwards."""
+    import asyncio
+    import gc
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    finished = []
+
+    async def read(i):  # like orbax's read of one array: any exit becomes an Exception
+        try:
+            await asyncio.sleep(0 if i == 0 else 60)
+            raise ValueError(f"array {i}: OUT_OF_RANGE")
+        except BaseException as e:
+            raise Exception(f"array {i} failed") from e
+        finally:
+            finished.append(i)
+
+    async def restore():
+        await asyncio.gather(*(read(i) for i in range(5)))
+
+    start = time.perf_counter()
+    with checkpoints._settling_event_loops():
+        loop = asyncio.new_event_loop()  # what orbax's run_sync does, then close()
+        try:
+            with pytest.raises(Exception, match="array 0 failed"):
+                loop.run_until_complete(restore())
+        finally:
+            loop.close()
+    assert sorted(finished) == [0, 1, 2, 3, 4] and time.perf_counter() - start < 10
+    gc.collect()
+    assert unraisable == [] and not [r for r in caplog.records if r.name == "asyncio"]
+    assert type(asyncio.new_event_loop()).__name__ != "_SettlingLoop"  # only meanwhile

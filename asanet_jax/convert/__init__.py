@@ -8,7 +8,7 @@ from asanet_jax.convert.official import (
     load_state_dict,
     load_torch_checkpoint,
 )
-from asanet_jax.convert.reader import read_state_dict
+from asanet_jax.convert.state_dicts import read_state_dict
 from asanet_jax.weights import CheckpointError
 
 __all__ = [

@@ -8,19 +8,17 @@ import collections
 import hashlib
 import pathlib
 
-import numpy as np
-
-from asanet_jax import __version__, cli, files, loading
+from asanet_jax import __version__, checkpointing, errors
 from asanet_jax.checkpointing import check_replaceable, load_model_dir, save_model
 from asanet_jax.convert.imagenet import imagenet_arch, init_from_imagenet
 from asanet_jax.convert.mapping import MAPPING_VERSION
 from asanet_jax.convert.official import export_state_dict, load_state_dict
-from asanet_jax.convert.reader import CheckpointError, read_state_dict
+from asanet_jax.convert.state_dicts import CheckpointError, read_state_dict, write_state_dict
 from asanet_jax.data import specs
 from asanet_jax.models.asanet import ASANet
 from asanet_jax.models.config import default_model_config, resolve
 
-OFFICIAL_DATASETS = ("pie_rgb_sar", "ddhr_sk", "whu_opt_sar")
+OFFICIAL_DATASETS = specs.OFFICIAL  # the registry in asanet_jax/data/specs.py
 
 
 def sha256(path) -> str:
@@ -99,7 +97,7 @@ def convert(args) -> pathlib.Path:
                 f"{src}: the weights predict {model.config.num_classes} classes but "
                 f"--dataset {args.dataset} has {spec.num_classes} ({', '.join(spec.classes)})"
             )
-        metadata.update(loading.dataset_record(spec, args.dataset))
+        metadata.update(checkpointing.dataset_record(spec, args.dataset))
     out = save_model(out, model, metadata=metadata, overwrite=args.overwrite)
     print(f"wrote {out}")
     narrowed = {d: n for d, n in dtypes.items() if d in ("float64", "float16", "bfloat16")}
@@ -162,7 +160,7 @@ def convert_main(argv=None) -> int:
         help="convert weights holding NaN or Inf instead of refusing them",
     )
     args = p.parse_args(argv)
-    return cli.run(lambda: 0 if convert(args) else 1)
+    return errors.run(lambda: 0 if convert(args) else 1)
 
 
 def export_main(argv=None) -> int:
@@ -174,7 +172,7 @@ def export_main(argv=None) -> int:
     p.add_argument("--output", required=True, help=".pth (torch) or .safetensors file")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    return cli.run(lambda: export(args))
+    return errors.run(lambda: export(args))
 
 
 def _inside(path: pathlib.Path, folder: pathlib.Path) -> bool:
@@ -198,24 +196,3 @@ def export(args) -> int:
     write_state_dict(state, out, meta={"asanet_jax_version": __version__, **meta})
     print(f"wrote {out} ({len(state)} tensors)")
     return 0
-
-
-def write_state_dict(state: dict[str, np.ndarray], path, meta: dict) -> None:
-    """Atomically write ``{'meta': ..., 'state_dict': ...}`` (.pth) or a .safetensors file."""
-    path = pathlib.Path(path)
-    path.absolute().parent.mkdir(parents=True, exist_ok=True)
-    # The tensors plus the container's overhead; refused up front rather than half-written.
-    files.check_free_space(path.absolute().parent, sum(v.nbytes for v in state.values()) + 2**20)
-    with files.atomic_output(path) as tmp, files.disk_errors_as_oserror(path):
-        if path.suffix == ".safetensors":
-            from safetensors.numpy import save_file
-
-            save_file({k: np.array(v, order="C", copy=True) for k, v in state.items()}, str(tmp))
-        else:
-            import torch
-
-            # np.array copies: writable, contiguous, and 0-d counters stay 0-d.
-            tensors = {
-                k: torch.from_numpy(np.array(v, order="C", copy=True)) for k, v in state.items()
-            }
-            torch.save({"meta": meta, "state_dict": tensors}, tmp)

@@ -27,10 +27,10 @@ import re
 import numpy as np
 
 from asanet_jax import checkpointing, weights
+from asanet_jax.convert.inspection import foreign_family, stream_arch
 from asanet_jax.convert.layout import convnext_layout
-from asanet_jax.convert.mapping import stream_rules
-from asanet_jax.convert.official import stream_arch, to_flax_values
-from asanet_jax.convert.reader import read_state_dict
+from asanet_jax.convert.mapping import stream_rules, to_flax_values
+from asanet_jax.convert.state_dicts import read_state_dict
 from asanet_jax.weights import CheckpointError, check_finite
 
 _FAIR_RENAMES = [
@@ -56,60 +56,6 @@ _HEAD = {
     "fair": r"head\.(weight|bias)",
     "timm": r"head\.fc\.(weight|bias)",
 }
-
-
-# A ConvNeXt block's depthwise conv and layer scale in any of the three formats (and
-# mmpretrain's V1 too): FAIR ``stages.i.j.dwconv``, timm ``stages.i.blocks.j.conv_dw``,
-# mmpretrain ``backbone.stages.i.j.depthwise_conv``.
-_BLOCK = r"(?:backbone\.)?stages\.\d+\.(?:blocks\.)?\d+\."
-_BLOCK_DWCONV = _BLOCK + r"(?:dwconv|conv_dw|depthwise_conv)\.weight"
-_LAYER_SCALE = _BLOCK + r"gamma"
-_USE_V2 = (
-    "ASANet's streams are ConvNeXt V2; use a ConvNeXt V2 ImageNet checkpoint "
-    "(mmpretrain, FAIR or timm format)"
-)
-
-
-def _first(state: dict, pattern: str) -> str | None:
-    return next((k for k in state if re.fullmatch(pattern, k)), None)
-
-
-def foreign_family(state: dict) -> tuple[str, str] | None:
-    """(one-line reason saying what the checkpoint looks like and what to use instead,
-    one of its keys that shows it) when it is not a ConvNeXt V2 backbone in a format
-    read here, else None.
-
-    Told apart by keys alone: ConvNeXt V1 has the blocks of V2 but no GRN (and, in
-    the released weights, a layer-scale ``gamma`` per block); ResNets have
-    ``layerN.M.conv1``; Swin has relative position bias tables; ViTs a patch
-    embedding and attention blocks; Hugging Face transformers' ConvNeXt files name
-    their modules ``embeddings.patch_embeddings`` / ``encoder.stages.N.layers.M``.
-    """
-    has_grn = any(".grn." in k for k in state)
-    if key := _first(state, r"(?:convnext(?:v2)?\.)?embeddings\.patch_embeddings\.weight"):
-        hf = "Hugging Face transformers ConvNeXt {} checkpoint ('embeddings.patch_embeddings', "
-        hf += "'encoder.stages.N.layers.M' keys)"
-        if has_grn:  # the right model in a layout not read here
-            return (
-                f"looks like a {hf.format('V2')}, a layout this converter does not read: "
-                "use the same weights in mmpretrain, FAIR or timm format",
-                key,
-            )
-        return f"looks like a {hf.format('V1')}: {_USE_V2}", key
-    what = None
-    if not has_grn and (key := _first(state, _BLOCK_DWCONV)):
-        gamma = _first(state, _LAYER_SCALE)
-        why = "layer-scale 'gamma' parameters, no GRN" if gamma else "no GRN parameters"
-        what, key = f"ConvNeXt V1 checkpoint ({why})", gamma or key
-    elif key := _first(state, r".*relative_position_bias_table"):
-        what = "Swin Transformer checkpoint (relative position bias tables)"
-    elif key := _first(state, r"(?:backbone\.)?layer[1-4]\.\d+\.conv1\.weight"):
-        what = "ResNet checkpoint ('layerN.M.conv1' residual blocks)"
-    elif (key := _first(state, r"(?:backbone\.)?patch_embed\.proj(?:ection)?\.weight")) and any(
-        ".attn." in k for k in state
-    ):
-        what = "vision transformer checkpoint (patch embedding, attention blocks)"
-    return (f"looks like a {what}: {_USE_V2}", key) if what else None
 
 
 def detect_format(state: dict) -> str:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from asanet_jax.weights import CheckpointError, mismatch_report
+
 MAPPING_VERSION = 1
 
 
@@ -149,3 +151,17 @@ def map_key(key: str, rules: list[tuple[str, str, str]]) -> Mapped | None:
                 return Mapped(f"{m.expand(template)}.{leaf.flax}", leaf)
         return None
     return None
+
+
+def to_flax_values(state: dict[str, np.ndarray], rules) -> dict[str, np.ndarray]:
+    """Rename and transform every tensor through the table; unmatched keys are errors."""
+    out, unmatched = {}, []
+    for key, value in state.items():
+        mapped = map_key(key, rules)
+        if mapped is None:
+            unmatched.append(key)
+            continue
+        out[mapped.flax_path] = mapped.leaf.to_flax(np.asarray(value))
+    if unmatched:
+        raise CheckpointError(mismatch_report(sorted(unmatched), [], []))
+    return out

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import collections
-import re
 
 import ml_collections
 import numpy as np
 
+from asanet_jax.convert.inspection import count_indices, foreign_family, stream_arch
 from asanet_jax.convert.layout import official_layout
-from asanet_jax.convert.mapping import map_key, segmentor_rules
-from asanet_jax.convert.reader import read_state_dict
+from asanet_jax.convert.mapping import map_key, segmentor_rules, to_flax_values
+from asanet_jax.convert.state_dicts import read_state_dict
 from asanet_jax.models.asanet import ASANet
 from asanet_jax.models.config import LEGACY_MODALITIES, ModelConfig, resolve, to_config
 from asanet_jax.weights import (
@@ -18,36 +18,12 @@ from asanet_jax.weights import (
     check_finite,
     check_fit,
     flat_weights,
-    mismatch_report,
     model_from_values,
 )
 
 
-def _count(state: dict, pattern: str) -> int:
-    """How many distinct values of the regex group ``(\\d+)`` occur in the keys."""
-    found = {int(m.group(1)) for k in state if (m := re.fullmatch(pattern, k))}
-    if found and found != set(range(len(found))):
-        raise CheckpointError(f"indices {sorted(found)} of {pattern!r} are not 0..n-1")
-    return len(found)
-
-
 def _describe(state: dict) -> str:
     return ", ".join(list(state)[:3]) + (", ..." if len(state) > 3 else "")
-
-
-def stream_arch(state: dict, p: str) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-    """(depths, channels, input bands) of the mmpretrain ConvNeXt under prefix ``p``."""
-    n = _count(state, rf"{re.escape(p)}\.downsample_layers\.(\d+)\.\d\.weight")
-    depths = tuple(
-        _count(state, rf"{re.escape(p)}\.stages\.{i}\.(\d+)\.depthwise_conv\.weight")
-        for i in range(n)
-    )
-    stem = state[f"{p}.downsample_layers.0.0.weight"]
-    channels = (
-        stem.shape[0],
-        *tuple(state[f"{p}.downsample_layers.{i}.1.weight"].shape[0] for i in range(1, n)),
-    )
-    return depths, channels, stem.shape[1]
 
 
 def infer_model_config(
@@ -67,8 +43,6 @@ def infer_model_config(
     """
     overrides = dict(overrides or {})
     if "decode_head.conv_seg.weight" not in state:
-        from asanet_jax.convert.imagenet import foreign_family  # imagenet imports this module
-
         if family := foreign_family(state):
             raise CheckpointError(f"not an ASANet checkpoint: it {family[0]}")
         if any(k.startswith(("backbone.stages.", "stages.", "stem.")) for k in state):
@@ -113,7 +87,7 @@ def infer_model_config(
             "'backbone.backbone.': not an ASANet/UPerNet checkpoint with a ConvNeXt V2 backbone"
         )
     seg = state["decode_head.conv_seg.weight"]
-    n_pool = _count(state, r"decode_head\.psp_modules\.(\d+)\.1\.conv\.weight")
+    n_pool = count_indices(state, r"decode_head\.psp_modules\.(\d+)\.1\.conv\.weight")
     pool_scales = tuple(overrides.get("pool_scales", (1, 2, 3, 6)))
     if len(pool_scales) != n_pool:
         raise CheckpointError(
@@ -127,7 +101,7 @@ def infer_model_config(
         decoder_channels=seg.shape[1],
         pool_scales=pool_scales,
     )
-    n_aux = _count(state, r"auxiliary_head\.convs\.(\d+)\.conv\.weight")
+    n_aux = count_indices(state, r"auxiliary_head\.convs\.(\d+)\.conv\.weight")
     if n_aux:
         aux_in = state["auxiliary_head.convs.0.conv.weight"].shape[1]
         candidates = [i for i, c in enumerate(channels) if c == aux_in]
@@ -168,20 +142,6 @@ def check_against_layout(state: dict[str, np.ndarray], config: ModelConfig) -> N
     """
     expected = {k: s for k, s, _ in official_layout(config)}
     check_fit(expected, {k: np.shape(v) for k, v in state.items()}, all_required=True)
-
-
-def to_flax_values(state: dict[str, np.ndarray], rules) -> dict[str, np.ndarray]:
-    """Rename and transform every tensor through the table; unmatched keys are errors."""
-    out, unmatched = {}, []
-    for key, value in state.items():
-        mapped = map_key(key, rules)
-        if mapped is None:
-            unmatched.append(key)
-            continue
-        out[mapped.flax_path] = mapped.leaf.to_flax(np.asarray(value))
-    if unmatched:
-        raise CheckpointError(mismatch_report(sorted(unmatched), [], []))
-    return out
 
 
 def load_state_dict(

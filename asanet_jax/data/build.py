@@ -21,7 +21,8 @@ class NotBuiltError(io.DataError):
     """The dataset has not been built under the data directory."""
 
 
-BUILDERS = ("pie_rgb_sar", "ddhr_sk", "whu_opt_sar", "rgb_sar_folder", "synthetic_rgb_sar")
+# The datasets with a TFDS builder (tfds_builders/<name>/), from the registry in specs.py.
+BUILDERS = specs.BUILDERS
 
 
 def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:

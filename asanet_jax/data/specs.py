@@ -1,10 +1,12 @@
-"""What each dataset is: classes, palette, how its rasters become model inputs, and the
-official recipe's settings.
+"""What each dataset is: classes, palette, how its rasters become model inputs; and the
+registry of datasets (built-in, official, with a TFDS builder).
 
 A ``DatasetSpec`` is recorded with every built dataset and in every model directory
 trained or converted for a dataset, so that prediction needs nothing else. How raster
 values become model inputs (band numbers, SAR scaling, missing pixels, normalisation)
-is ``preprocess.py``; the means and stds are in model channel order.
+is ``preprocess.py``; the means and stds are in model channel order. How a dataset is
+trained and evaluated (augmentation, TTA) is the recipe's: ``config.data.augment`` and
+``config.data.tta`` (``asanet_jax/data/config.py``), with each dataset's official values.
 """
 
 from __future__ import annotations
@@ -42,12 +44,6 @@ class DatasetSpec:
     sar_bands: tuple[int, ...] | None = None
     # How stored SAR values are scaled when read (preprocess.py): none, db_range, percentile.
     sar_scaling: dict = dataclasses.field(default_factory=lambda: {"kind": "none"})
-    crop_size: tuple[int, int] = (256, 256)
-    # RandomResize target scale (long, short) before the ratio; official (1024, 256) at 256.
-    train_scale: tuple[int, int] = (1024, 256)
-    hflip_prob: float = 0.5
-    vflip_prob: float = 0.5
-    tta_ratios: tuple[float, ...] = (0.75, 1.0, 1.25)
     train_split: str = "train"
     eval_split: str = "val"
     version: int = VERSION
@@ -91,6 +87,10 @@ class DatasetSpec:
     def from_dict(cls, d: dict, where: str = "") -> DatasetSpec:
         """The spec recorded in a built dataset or a model directory.
 
+        Records written before the augmentation and TTA settings moved to the recipe
+        carry them (``MOVED_TO_RECIPE``); they are ignored, so those datasets and model
+        directories still open.
+
         Raises:
           SpecVersionError: recorded by another version (band numbers, say, counted
             from 0 before version 2): the dataset must be rebuilt.
@@ -103,11 +103,18 @@ class DatasetSpec:
                 "numbers count from 1, SAR scaling applies when reading): rebuild the "
                 "dataset (scripts/build_dataset.py ... --overwrite)"
             )
+        for name in MOVED_TO_RECIPE:
+            d.pop(name, None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown dataset spec fields {unknown}; known: {sorted(known)}")
         return cls(**{k: v if k == "sar_scaling" else tuplify(v) for k, v in d.items()})
+
+
+# Fields that specs recorded before they moved to config.data.augment (crop_size, scale
+# as train_scale, hflip_prob, vflip_prob) and config.data.tta (ratios as tta_ratios).
+MOVED_TO_RECIPE = ("crop_size", "train_scale", "hflip_prob", "vflip_prob", "tta_ratios")
 
 
 def tuplify(v):
@@ -138,14 +145,11 @@ PIE_RGB_SAR = DatasetSpec(
 # The official config names the classes in a different order (it swaps 2 and 4); these are
 # the dataset authors' names. Palette as the official config (yellow farmland, green greenery).
 # The official config reuses WHU's normalisation for DDHR; kept, since the official weights
-# were trained with it. The official DDHR pipeline has no flips.
+# were trained with it.
 DDHR_SK = DatasetSpec(
     name="ddhr_sk",
     classes=("buildings", "roads", "farmland", "water", "greenery"),
     palette=((255, 0, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0)),
-    hflip_prob=0.0,
-    vflip_prob=0.0,
-    tta_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
     **_WHU_DDHR_OPTICAL,
 )
 
@@ -161,9 +165,6 @@ WHU_OPT_SAR = DatasetSpec(
         (255, 255, 0),
         (255, 255, 255),
     ),
-    crop_size=(512, 512),
-    train_scale=(2048, 512),
-    tta_ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
     eval_split="test",
     **_WHU_DDHR_OPTICAL,
 )
@@ -181,8 +182,10 @@ SYNTHETIC_PALETTE = (
 
 def synthetic_spec(num_classes: int = 6, tile_size: int = 128) -> DatasetSpec:
     """Spec of `synthetic_rgb_sar`. Mean and std were measured on 64 default scenes, in
-    model channel order (B, G, R). Crops are the tile size, rescaled as the official
-    recipe rescales 256 tiles (target scale (4 x tile, tile))."""
+    model channel order (B, G, R). The spec is the same for every tile size (the
+    builder passes it); the training crops follow the tile in the recipe
+    (``data/config.synthetic_augment``)."""
+    del tile_size
     if not 2 <= num_classes <= len(SYNTHETIC_CLASSES):
         raise ValueError(
             f"synthetic_rgb_sar: num_classes={num_classes}; expected 2..{len(SYNTHETIC_CLASSES)}"
@@ -195,14 +198,27 @@ def synthetic_spec(num_classes: int = 6, tile_size: int = 128) -> DatasetSpec:
         optical_std=(46.8, 44.6, 65.4),
         sar_mean=(120.6,) * 3,
         sar_std=(52.3,) * 3,
-        crop_size=(tile_size, tile_size),
-        train_scale=(4 * tile_size, tile_size),
     )
 
 
+# The registry: every dataset asanet-jax knows by name. Everything else derives from it:
+# the TFDS builders (build.BUILDERS; installed as asanet_jax.tfds_builders.<name>, which
+# setup.py finds in tfds_builders/), the converter's --dataset choices, and the official
+# recipes (data/config.py).
 BUILTIN: dict[str, DatasetSpec] = {
     s.name: s for s in (PIE_RGB_SAR, DDHR_SK, WHU_OPT_SAR, synthetic_spec())
 }
+# The paper's datasets: official mmseg configs, weights and published results.
+OFFICIAL: tuple[str, ...] = (PIE_RGB_SAR.name, DDHR_SK.name, WHU_OPT_SAR.name)
+# A user's own dataset, a folder described by rgb_sar_folder.json (its spec is the folder's).
+FOLDER = "rgb_sar_folder"
+# The datasets with a TFDS builder, tfds_builders/<name>/: the official ones, users'
+# folders and the synthetic dataset.
+BUILDERS: tuple[str, ...] = (
+    *OFFICIAL,
+    FOLDER,
+    *(name for name in BUILTIN if name not in OFFICIAL),
+)
 
 
 def get_spec(name: str) -> DatasetSpec:

@@ -4,7 +4,8 @@ Stored values first become the model's bands (``preprocess.model_bands``: SAR sc
 band selection, missing pixels). Training: RandomResize by a ratio of the target scale
 (keep ratio), RandomCrop with the 75% category limit, horizontal and vertical flips,
 normalisation, then padding to the crop size (images 0, labels ignore). Evaluation: the
-whole image, normalised.
+whole image, normalised. The augmentation's settings are ``config.data.augment``
+(``Augment.from_config``), each dataset's official ones by default (``data/config.py``).
 
 Images are resized in their stored dtype with cv2 (uint8 stays uint8 and rounds as the
 official pipeline, which resizes decoded uint8 images), bilinear for images and nearest
@@ -24,9 +25,11 @@ from asanet_jax.labels import IGNORE
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    """The training augmentation's settings; defaults are the official recipe's."""
+    """The training augmentation's settings, field for field ``config.data.augment``;
+    defaults are the official PIE recipe's (``data/config.py`` holds every dataset's)."""
 
     crop_size: tuple[int, int] = (256, 256)
+    # RandomResize target scale (long, short), multiplied by a ratio drawn from ratio_range.
     scale: tuple[int, int] = (1024, 256)
     ratio_range: tuple[float, float] = (0.5, 2.0)
     cat_max_ratio: float = 0.75
@@ -36,14 +39,44 @@ class Augment:
     # False reproduces the official PIE pipeline, which flips optical and label but not SAR.
     flip_sar: bool = True
 
+    def __post_init__(self):
+        where = "config.data.augment"
+        for name in ("crop_size", "scale"):
+            value = getattr(self, name)
+            if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+                raise ValueError(f"{where}.{name}={value!r}: expected two positive integers")
+        low, high = self.ratio_range
+        if not 0 < low <= high:
+            raise ValueError(
+                f"{where}.ratio_range={self.ratio_range!r}: expected (low, high), 0 < low <= high"
+            )
+        if not 0 < self.cat_max_ratio <= 1:
+            raise ValueError(f"{where}.cat_max_ratio={self.cat_max_ratio!r}: expected 0 < r <= 1")
+        if self.crop_tries < 0:
+            raise ValueError(f"{where}.crop_tries={self.crop_tries!r}: expected 0 or more")
+        for name in ("hflip_prob", "vflip_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{where}.{name}={getattr(self, name)!r}: expected 0 to 1")
+
+    @classmethod
+    def from_config(cls, data) -> Augment:
+        """The augmentation ``config.data`` asks for (its ``augment`` fields)."""
+        given = dict(data.augment)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ValueError(
+                f"config.data.augment: unknown fields {unknown}; known: {sorted(known)}"
+            )
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+
     @classmethod
     def for_spec(cls, spec: specs.DatasetSpec, **overrides) -> Augment:
-        return cls(
-            crop_size=tuple(spec.crop_size),
-            scale=tuple(spec.train_scale),
-            hflip_prob=spec.hflip_prob,
-            vflip_prob=spec.vflip_prob,
-        ).replace(**overrides)
+        """The official augmentation of the dataset `spec` describes (``data/config.py``; a
+        dataset without an official recipe gets the PIE one), with `overrides`."""
+        from asanet_jax.data.config import augment_defaults
+
+        return cls(**augment_defaults(spec.name)).replace(**overrides)
 
     def replace(self, **overrides) -> Augment:
         return dataclasses.replace(self, **overrides)

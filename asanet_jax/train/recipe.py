@@ -7,6 +7,26 @@ overridden on the command line (``--config.optim.lr=2e-4``). Derived values are
 references, so they follow the overrides: the poly schedule ends at ``train.steps``, and
 the model's class count follows ``data.num_classes``, which is the dataset's (left unset,
 training sets it from the dataset it opens).
+
+How a dataset is trained and evaluated is ``config.data``'s, with the dataset's official
+values (``asanet_jax/data/config.py``, from the official mmseg configs):
+
+- ``config.data.augment``: the training augmentation, field for field
+  ``transforms.Augment`` (``Augment.from_config(config.data)``): ``crop_size`` (h, w),
+  ``scale`` (the random resize's target (long, short) edges, times a ratio drawn from
+  ``ratio_range``), ``cat_max_ratio`` and ``crop_tries`` (the crop's category limit),
+  ``hflip_prob``, ``vflip_prob``, and ``flip_sar`` (False: SAR left unflipped, as the
+  official PIE pipeline; this was ``config.data.flip_sar``);
+- ``config.data.tta``: the test-time augmentation of ``scripts/eval.py --tta``
+  (``evaluation.Settings.from_config``): ``ratios`` (image scale factors) and ``flip``
+  (also the horizontally flipped image).
+
+``--config.data.augment.crop_size='(512, 512)' --config.data.augment.flip_sar=False``
+overrides them on the command line. They are the defaults of the dataset the config
+file is for: after ``--config.data.name=...`` set them too, or use that dataset's file.
+
+A config file's argument (``--config configs/pie.py:official_flips,runlocal``) is read by
+``parse_arg``: comma-separated words, each ``key=value`` or a flag's name.
 """
 
 from __future__ import annotations
@@ -17,7 +37,9 @@ import pathlib
 import ml_collections
 from ml_collections import config_dict
 
+from asanet_jax.data import config as data_config
 from asanet_jax.data import specs
+from asanet_jax.data.config import augment_defaults, synthetic_augment, tta_defaults
 from asanet_jax.models.config import default_model_config
 
 
@@ -32,21 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.num_classes = num_classes
     config.model.dtype = "bfloat16"  # compute dtype; "float32" on request
 
-    config.data = ml_collections.ConfigDict(
-        {
-            "name": "pie_rgb_sar",
-            "tfds_config": config_dict.placeholder(str),
-            "data_dir": "data",
-            # Where the source dataset lies; when set and the TFDS dataset is not built
-            # yet under data_dir, training builds it first.
-            "manual_dir": config_dict.placeholder(str),
-            "num_classes": num_classes,
-            # False reproduces the official PIE pipeline (SAR left unflipped).
-            "flip_sar": True,
-            "num_threads": config_dict.placeholder(int),
-            "eval_batch_size": 8,
-        }
-    )
+    config.data = data_config.data_config(num_classes)
 
     config.optim = ml_collections.ConfigDict(
         {
@@ -119,28 +127,37 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> ml_collections.Co
 
 
 def for_dataset(
-    name: str, variant: str | None = None, where: str = ""
+    name: str, variant: str | None = None, where: str = "", *, runlocal: bool = False
 ) -> ml_collections.ConfigDict:
     """The official recipe on a built-in dataset, or on a user's own (``rgb_sar_folder``,
-    whose class count is read from the dataset); variant None or 'runlocal'."""
+    whose class count is read from the dataset), with the dataset's official augmentation
+    and TTA. `runlocal` (or `variant` 'runlocal', a config file's argument read by
+    ``parse_arg``; `where` names the file in errors) shrinks it to a local check."""
+    if variant is not None:
+        runlocal = parse_arg(variant, where or name, runlocal=False).runlocal or runlocal
     config = base_config()
     config.data.name = name
     if name in specs.BUILTIN:
         config.data.num_classes = specs.BUILTIN[name].num_classes
-    if variant == "runlocal":
+    config.data.augment.update(augment_defaults(name))
+    config.data.tta.update(tta_defaults(name))
+    if runlocal:
         shrink_for_local_run(config)
-    elif variant:
-        raise ValueError(f"{where or name}: unknown variant {variant!r}; expected runlocal")
     return config
 
 
-def demo_config(variant: str | None = None) -> ml_collections.ConfigDict:
+def demo_config(variant: str | None = None, *, runlocal: bool = False) -> ml_collections.ConfigDict:
     """`make demo`: a small ASANet trained on the built-in synthetic_rgb_sar in minutes on
-    a CPU. 'runlocal' shrinks it to 4 steps on the tiny synthetic dataset."""
+    a CPU. `runlocal` (or `variant` 'runlocal') shrinks it to 4 steps on the tiny
+    synthetic dataset."""
+    if variant is not None:
+        runlocal = parse_arg(variant, "configs/demo.py", runlocal=False).runlocal or runlocal
     config = base_config()
     config.data.name = "synthetic_rgb_sar"
     config.data.tfds_config = "default"
     config.data.num_classes = specs.BUILTIN["synthetic_rgb_sar"].num_classes
+    config.data.augment.update(synthetic_augment(128))  # the "default" config's tiles
+    config.data.tta.update(tta_defaults("synthetic_rgb_sar"))
     config.data.eval_batch_size = 16
     config.model.backbone = "atto"
     config.model.decoder_channels = 64
@@ -155,12 +172,106 @@ def demo_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = 300
     config.train.checkpoint_every = 300
     config.train.keep_checkpoints = 2
-    if variant == "runlocal":
+    if runlocal:
         shrink_for_local_run(config)
         config.data.tfds_config = "tiny"
-    elif variant:
-        raise ValueError(f"demo config: unknown variant {variant!r}; expected runlocal")
+        config.data.augment.update(synthetic_augment(64))  # the "tiny" config's tiles
     return config
+
+
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def parse_arg(arg: str | None, where: str, /, **spec) -> ml_collections.ConfigDict:
+    """A config file's argument (``--config path:arg``) as typed options, in the manner of
+    big_vision's ``parse_arg``.
+
+    `spec` names each option with its default. A bool makes a flag: its name sets it
+    (``runlocal``), ``runlocal=false`` clears it. An int, float or str takes ``key=value``
+    of that type; ``(default, choices)`` takes one of the strings `choices`. The first
+    option that is not a flag is positional: a word that names no flag is its value
+    (``optical_only`` is ``variant=optical_only``). Words are separated by commas, in
+    any order; options left out keep their defaults. `where` (the config file) starts
+    every error message.
+
+        parse_arg("sar_only,runlocal", "configs/ablations.py",
+                  variant=("sfm_cfm", ("sfm_cfm", "sar_only")), runlocal=False)
+        # ConfigDict: variant='sar_only', runlocal=True
+
+    Raises:
+      ValueError: an unknown word or option, a value of the wrong type or not among the
+        choices, or an option given twice; naming `where`, the word and what is accepted.
+    """
+    options = {}  # key: (default, kind, choices)
+    for key, default in spec.items():
+        choices = None
+        if isinstance(default, tuple):
+            if len(default) != 2 or not all(isinstance(c, str) for c in default[1]):
+                raise TypeError(f"parse_arg option {key}: expected (default, (choice, ...))")
+            default, choices = default[0], tuple(default[1])
+        if not isinstance(default, bool | int | float | str):
+            raise TypeError(
+                f"parse_arg option {key}: default {default!r} is not bool/int/float/str"
+            )
+        options[key] = (default, type(default), choices)
+    positional = next((k for k, (_, kind, _) in options.items() if kind is not bool), None)
+
+    def accepted() -> str:
+        parts = []
+        for key, (_, kind, choices) in options.items():
+            if kind is bool:
+                parts.append(key)
+            elif choices is not None and key == positional:
+                parts.append(f"{' | '.join(choices)} (the {key}, or {key}=...)")
+            elif choices is not None:
+                parts.append(f"{key}={'|'.join(choices)}")
+            else:
+                parts.append(f"{key}=<{kind.__name__}>")
+        if not parts:
+            return "nothing (the file takes no argument)"
+        return "accepted, comma-separated: " + ", ".join(parts)
+
+    def convert(key: str, raw: str):
+        _, kind, choices = options[key]
+        if choices is not None:
+            if raw in choices:
+                return raw
+            raise ValueError(f"{where}: unknown {key} {raw!r} in {arg!r}; {accepted()}")
+        if kind is bool:
+            if raw.lower() in _TRUE + _FALSE:
+                return raw.lower() in _TRUE
+            expected = "true or false"
+        elif kind is str:
+            return raw
+        else:
+            try:
+                return kind(raw)
+            except ValueError:
+                expected = "an integer" if kind is int else "a number"
+        raise ValueError(f"{where}: {key}={raw!r}: expected {expected}; {accepted()}")
+
+    given = {}
+    for word in (w.strip() for w in (arg or "").split(",")):
+        if not word:
+            continue
+        key, has_value, raw = word.partition("=")
+        key = key.strip()
+        if has_value:
+            if key not in options:
+                raise ValueError(f"{where}: unknown option {key!r} in {arg!r}; {accepted()}")
+            value = convert(key, raw.strip())
+        elif key in options and options[key][1] is bool:
+            value = True
+        elif positional is not None:
+            key, value = positional, convert(positional, word)
+        else:
+            raise ValueError(f"{where}: unknown variant {word!r} in {arg!r}; {accepted()}")
+        if key in given:
+            raise ValueError(f"{where}: {key} given twice in {arg!r}; {accepted()}")
+        given[key] = value
+    return ml_collections.ConfigDict(
+        {key: given.get(key, default) for key, (default, _, _) in options.items()}
+    )
 
 
 def load(path: str | pathlib.Path) -> ml_collections.ConfigDict:

@@ -14,23 +14,9 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-BATCH_AXES = ("data", "fsdp")
+from asanet_jax.multihost import BATCH_AXES
+
 MIN_SHARDED_SIZE = 2**14  # elements; smaller tensors are not worth splitting
-
-
-def maybe_initialize_distributed(distributed) -> None:
-    """Start jax.distributed for multi-process runs: explicit coordinator settings, or the
-    environment of a TPU pod / SLURM job (which jax.distributed detects itself)."""
-    if jax.distributed.is_initialized():
-        return
-    if distributed.coordinator_address:
-        jax.distributed.initialize(
-            coordinator_address=distributed.coordinator_address,
-            num_processes=distributed.num_processes,
-            process_id=distributed.process_id,
-        )
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES"):
-        jax.distributed.initialize()
 
 
 PLATFORMS = ("cpu", "gpu", "tpu")
@@ -80,15 +66,6 @@ def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
     # Auto axes: the model code is written for GSPMD propagation, not sharding-in-types.
     return jax.make_mesh(
         (data, fsdp), BATCH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices
-    )
-
-
-def local_mesh() -> jax.sharding.Mesh:
-    """This process's own devices on the `data` axis: for work each host does alone, such
-    as labelling its share of the scenes."""
-    devices = jax.local_devices()
-    return jax.make_mesh(
-        (len(devices), 1), BATCH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices
     )
 
 

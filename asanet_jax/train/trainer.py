@@ -9,9 +9,6 @@ import dataclasses
 import json
 import logging
 import pathlib
-import signal
-import sys
-import threading
 import time
 
 import jax
@@ -21,14 +18,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from asanet_jax import checkpointing, files, inference, loading, metrics
+from asanet_jax import checkpointing, files, interrupts, metrics, multihost
 from asanet_jax.convert import imagenet
 from asanet_jax.data import build, pipeline, transforms
 from asanet_jax.labels import IGNORE
 from asanet_jax.losses import segmentation_loss
 from asanet_jax.models.asanet import WEIGHTS, ASANet
 from asanet_jax.models.config import resolve
-from asanet_jax.train import optimizer, sharding
+from asanet_jax.predict.predictor import logits, stream_inputs
+from asanet_jax.train import checkpoints, optimizer, sharding
 from asanet_jax.train import workdir as workdirs
 
 log = logging.getLogger(__name__)
@@ -45,13 +43,6 @@ class TrainState:
     eval_graphdef: object
     state: nnx.State  # parameters, BatchNorm statistics, RNG streams
     opt_state: optax.OptState
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def create_state(config, mesh, tx_factory) -> tuple[TrainState, object, optax.Schedule]:
@@ -98,7 +89,7 @@ def make_train_step(
         model = nnx.merge(graphdef, state)
 
         def loss_fn(m):
-            out = m(*inference.stream_inputs(model_config, batch["optical"], batch["sar"]))
+            out = m(*stream_inputs(model_config, batch["optical"], batch["sar"]))
             return segmentation_loss(
                 out, batch["label"].astype(jnp.int32), aux_weight, loss_replicas
             )
@@ -139,8 +130,7 @@ def make_eval_step(train_state: TrainState, mesh):
     graphdef = train_state.eval_graphdef
 
     def step(state, confusion, batch):
-        logits = inference.logits(graphdef, state, batch["optical"], batch["sar"])
-        pred = jnp.argmax(logits, axis=-1)
+        pred = jnp.argmax(logits(graphdef, state, batch["optical"], batch["sar"]), axis=-1)
         return metrics.confusion_update(confusion, pred, batch["label"])
 
     state_shardings = jax.tree.map(lambda x: x.sharding, train_state.state)
@@ -239,7 +229,7 @@ def prepare_workdir(workdir: pathlib.Path, config, overwrite: bool) -> None:
         if jax.process_index() == 0:
             removed = workdirs.clear_finished_run(workdir)
             log.info("--config.train.overwrite: removed %s from %s", ", ".join(removed), workdir)
-    _sync("workdir checked")
+    multihost.sync("workdir checked")
     if jax.process_index() == 0:
         files.write_text(workdir / workdirs.CONFIG, config.to_json_best_effort(indent=2) + "\n")
 
@@ -252,7 +242,7 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
     for the run (on process 0 in a multi-host run); see `workdir.py`.
     """
     workdir = pathlib.Path(workdir)
-    sharding.maybe_initialize_distributed(config.distributed)
+    multihost.initialize(config.distributed)
     # Every check before anything is written; an unset class count is the dataset's,
     # known once it is opened.
     model_config = resolve({**config.model.to_dict(), "num_classes": config.model.num_classes or 2})
@@ -262,11 +252,12 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
     failure = None
     if jax.process_index() == 0:
         try:
+            lock.check_free()  # a folder in use is reported as such
             check_workdir(workdir)
             lock.acquire()
         except (TrainingError, workdirs.WorkdirBusy, OSError) as e:
             failure = e
-    if _agree_failed(failure is not None):
+    if multihost.process_zero_failed(failure is not None):
         if isinstance(failure, OSError):
             raise failure
         if failure is not None:
@@ -291,19 +282,10 @@ def check_workdir(workdir: pathlib.Path) -> None:
         )
 
 
-def _agree_failed(failed: bool) -> bool:
-    """Whether process 0 failed (every process learns it; no process waits forever)."""
-    if jax.process_count() == 1:
-        return failed
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
-
-
 def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | None) -> dict:
     from tqdm import tqdm
 
-    train_source = build.open_or_build(config.data, "train", sync=_sync)
+    train_source = build.open_or_build(config.data, "train", sync=multihost.sync)
     data_spec = train_source.spec
     if config.model.num_classes is None:
         config.data.num_classes = data_spec.num_classes  # the model's follows (a reference)
@@ -315,9 +297,9 @@ def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | 
             "follow the dataset"
         )
     prepare_workdir(workdir, config, config.train.overwrite)
-    eval_source = build.open_or_build(config.data, data_spec.eval_split, sync=_sync)
+    eval_source = build.open_or_build(config.data, data_spec.eval_split, sync=multihost.sync)
     steps = config.train.steps
-    augment = transforms.Augment.for_spec(data_spec, flip_sar=config.data.flip_sar)
+    augment = transforms.Augment.from_config(config.data)
     dataset = pipeline.train_dataset(
         train_source,
         config.train.batch_size,
@@ -330,7 +312,7 @@ def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | 
         return optimizer.make_optimizer(params, config.optim, config.optim.total_steps)
 
     train_state, tx, schedule = create_state(config, mesh, tx_factory)
-    ckpt = checkpointing.TrainCheckpoints(workdir, config.train.keep_checkpoints)
+    ckpt = checkpoints.TrainCheckpoints(workdir, config.train.keep_checkpoints)
     data_iter = iter(dataset)
     start = 0
     restored = ckpt.restore_latest(train_state.state, train_state.opt_state, log=log.warning)
@@ -370,7 +352,7 @@ def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | 
     # Throughput over the log intervals after the first (which holds the compilation),
     # evaluation and checkpointing excluded.
     timed_images, timed_seconds = 0, 0.0
-    with _StopOnInterrupt() as stop:
+    with interrupts.StopAfterStep(jax.process_count() == 1) as stop:
         for step in range(start, end):
             batch = pipeline.global_batch(next(data_iter), batch_sharding)
             train_state.state, train_state.opt_state, out = train_step(
@@ -448,10 +430,10 @@ def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | 
         # Resumed from the final checkpoint of a run stopped before it wrote its results.
         last_metrics = run_eval()
     model = nnx.merge(train_state.eval_graphdef, train_state.state)
-    nnx.update(model, _gather(nnx.state(model, WEIGHTS)))
+    nnx.update(model, multihost.gather(nnx.state(model, WEIGHTS)))
     if jax.process_index() == 0:
         # The model directory records its dataset, so prediction needs nothing else.
-        record = loading.dataset_record(data_spec, train_source.name, train_source.config)
+        record = checkpointing.dataset_record(data_spec, train_source.name, train_source.config)
         checkpointing.save_model(
             workdir / "model", model, metadata={"trained_steps": steps, **record}, overwrite=True
         )
@@ -461,46 +443,8 @@ def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | 
             workdir / workdirs.RUN,
             json.dumps({"finished": True, "steps": steps, "images_per_s": speed}) + "\n",
         )
-    _sync("run finished")
+    multihost.sync("run finished")
     return last_metrics
-
-
-class _StopOnInterrupt:
-    """Ctrl-C during training: the first stops after the current step, with a checkpoint
-    there, so that no progress is lost; a second stops at once. Single-process runs only
-    (in a multi-host run every process would have to agree on the step)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(
-            "\ninterrupt: stopping after this step with a checkpoint (Ctrl-C again stops now)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def __enter__(self):
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-def _gather(tree):
-    """The whole state on every host (FSDP shards of other hosts included), as numpy."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _tensorboard(workdir: pathlib.Path):

@@ -55,13 +55,9 @@ class Lock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
+            busy = self._busy(fd)
             os.close(fd)
-            raise WorkdirBusy(
-                f"{self.path.parent} is in use by another training run ({holder}); wait for "
-                f"it or stop it, or use another work directory. If that run is gone and the "
-                f"lock stayed (network filesystems), delete {self.path}"
-            ) from None
+            raise busy from None
         except OSError as e:
             os.close(fd)
             raise OSError(
@@ -75,6 +71,27 @@ class Lock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         self._fd = fd
+
+    def check_free(self) -> None:
+        """WorkdirBusy if a live run holds the lock; creates nothing (the checks before a
+        run starts come before its first write)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return  # no lock yet, or one acquire() will report
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._busy(fd) from None
+        finally:
+            os.close(fd)  # also releases the probe's lock
+
+    def _busy(self, fd: int) -> WorkdirBusy:
+        return WorkdirBusy(
+            f"{self.path.parent} is in use by another training run ({_read_holder(fd)}); "
+            "wait for it or stop it, or use another work directory. If that run is gone and "
+            f"the lock stayed (network filesystems), delete {self.path}"
+        )
 
     def release(self) -> None:
         if self._fd is not None:

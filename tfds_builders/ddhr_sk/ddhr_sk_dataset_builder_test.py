@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asanet_jax.data import build, fake_sources, io
+from asanet_jax.data import build, io
+from tests.support import fake_sources
 
 NUM_IDS = 230  # ids 200..229 fall in the first official val block
 

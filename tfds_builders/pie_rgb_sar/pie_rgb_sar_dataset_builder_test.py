@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from asanet_jax.data import build, fake_sources, io
+from asanet_jax.data import build, io
+from tests.support import fake_sources
 
 TRAIN, VAL = ["1", "2", "3"], ["4", "5"]
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from asanet_jax.data import build, fake_sources, io
+from asanet_jax.data import build, io
+from tests.support import fake_sources
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TRAIN, VAL = ["a", "b"], ["c"]

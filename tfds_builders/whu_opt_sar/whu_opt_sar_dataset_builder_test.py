@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from asanet_jax.tfds_builders.whu_opt_sar import whu_opt_sar_dataset_builder as whu
 
-from asanet_jax.data import build, fake_sources, io, preprocess, specs
+from asanet_jax.data import build, io, preprocess, specs
+from tests.support import fake_sources
 
 TRAIN, TEST = ["NH49E001013", "NH49E001014"], ["NH49E009022"]
 SHAPE = (600, 1100)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "golden_micro"
+GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "golden_micro"
 INPUTS = ("s128", "s96x136")
 OUTPUT_TOL = 1e-4  # rel-L2 per recorded output
 LOSS_TOL = 1e-5  # relative, the loss and each part

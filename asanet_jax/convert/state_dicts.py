@@ -1,4 +1,4 @@
-"""Reading PyTorch (.pth/.pt/.bin) and safetensors checkpoints into numpy arrays."""
+"""Reading and writing PyTorch (.pth/.pt/.bin) and safetensors checkpoints as numpy arrays."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pathlib
 
 import numpy as np
 
+from asanet_jax import files
 from asanet_jax.weights import CheckpointError
 
 
@@ -79,3 +80,24 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     if not state:
         raise CheckpointError(f"{path}: the state_dict is empty")
     return {k: _tensor_to_numpy(k, v, path) for k, v in state.items()}
+
+
+def write_state_dict(state: dict[str, np.ndarray], path, meta: dict) -> None:
+    """Atomically write ``{'meta': ..., 'state_dict': ...}`` (.pth) or a .safetensors file."""
+    path = pathlib.Path(path)
+    path.absolute().parent.mkdir(parents=True, exist_ok=True)
+    # The tensors plus the container's overhead; refused up front rather than half-written.
+    files.check_free_space(path.absolute().parent, sum(v.nbytes for v in state.values()) + 2**20)
+    with files.atomic_output(path) as tmp, files.disk_errors_as_oserror(path):
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import save_file
+
+            save_file({k: np.array(v, order="C", copy=True) for k, v in state.items()}, str(tmp))
+        else:
+            import torch
+
+            # np.array copies: writable, contiguous, and 0-d counters stay 0-d.
+            tensors = {
+                k: torch.from_numpy(np.array(v, order="C", copy=True)) for k, v in state.items()
+            }
+            torch.save({"meta": meta, "state_dict": tensors}, tmp)

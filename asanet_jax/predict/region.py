@@ -1,8 +1,6 @@
 """Map a region: many optical + SAR scene pairs in one run, shared between hosts, resumable.
 
-- **Pairs** come from a list file (``read_list``: a CSV, or whitespace-separated lines, of
-  optical, SAR and output paths), from two globs (``match_globs``: the parts the
-  wildcards match pair the files and name the outputs), or one pair given directly.
+- **Pairs** come from a list file (``scene_list``).
 - **Checks first** (``check``): every bad entry is reported at once, each naming its
   file, before any work starts. That covers a missing or unreadable raster, bands the
   model cannot use, rasters not on one grid (without ``align``), an output that is an
@@ -23,149 +21,79 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
 import os
 import pathlib
-import re
 import sys
 import time
 
 import numpy as np
 
-from asanet_jax import files, inference, scene, scene_outputs, weights
+from asanet_jax import files, weights
 from asanet_jax.data import io, specs
+from asanet_jax.predict import scene
+from asanet_jax.predict.outputs import OutputPaths
+from asanet_jax.predict.predictor import Predictor
+from asanet_jax.predict.rasters import SceneInputs, open_scene
+from asanet_jax.predict.scene_list import Pair
+from asanet_jax.predict.windows import BLENDS, default_stride, plan_windows
 
 KEY_TAG = "ASANET_PREDICTION"
+
+
 STATS_TAG = "ASANET_SCENE"
-HEADER = ["optical", "sar", "output"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Pair:
-    """One scene to label; `where` names its origin in messages ("scenes.csv line 4")."""
+class Settings:
+    """How a region is labelled, checked on creation: one object for the checks, the run
+    and each scene. ``stride`` None is 2/3 of the window; ``batch_size`` None is the
+    predictor's default (``Predictor.default_batch_size``); ``confidence``,
+    ``probabilities`` and ``preview`` are the extra outputs; ``overwrite`` replaces
+    outputs this run did not write."""
 
-    optical: pathlib.Path
-    sar: pathlib.Path
-    output: pathlib.Path
-    where: str = ""
+    window: int = 512
+    stride: int | None = None
+    blend: str = "mean"
+    batch_size: int | None = None
+    prefetch: int = 2
+    align: bool = False
+    confidence: bool = False
+    probabilities: bool = False
+    preview: bool = True
+    overwrite: bool = False
 
+    def __post_init__(self):
+        for name in ("window", "stride", "batch_size", "prefetch"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"--{name}={value}: expected a positive number")
+        if self.blend not in BLENDS:
+            raise ValueError(f"--blend={self.blend}: expected one of {', '.join(BLENDS)}")
 
-def read_list(path) -> list[Pair]:
-    """Pairs from a list file: a .csv (comma-separated, quoted as CSV quotes), or lines of
-    three whitespace-separated paths. An optional ``optical,sar,output`` header, blank
-    lines and ``#`` comments are skipped; relative paths are taken from the list's folder.
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise io.DataError(f"{path}: scene list not found")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a spreadsheet's BOM too
-    except UnicodeDecodeError as e:
-        raise io.DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
-    rows = (
-        csv.reader(lines, skipinitialspace=True)
-        if path.suffix.lower() == ".csv"
-        else (ln.split() for ln in lines)
-    )
-    pairs, problems = [], []
-    for number, row in enumerate(rows, 1):
-        row = [field.strip() for field in row]
-        if not any(row) or row[0].startswith("#"):
-            continue
-        if [f.lower() for f in row] == HEADER and not pairs and not problems:
-            continue
-        where = f"{path} line {number}"
-        if len(row) != 3:
-            problems.append(
-                f"{where}: expected optical, SAR and output paths; found {len(row)} field(s)"
-            )
-            continue
-        optical, sar, output = (path.parent / field for field in row)
-        pairs.append(Pair(optical, sar, output, where))
-    if problems:
-        raise io.DataError("\n".join(problems))
-    if not pairs:
-        raise io.DataError(f"{path}: no scenes listed")
-    return pairs
-
-
-def _pattern(glob: str) -> re.Pattern:
-    """A regex for a (normalised) glob whose groups capture what each wildcard matched,
-    with fnmatch's rules: ``*`` and ``?`` stay within a folder, ``**/`` spans folders,
-    ``[...]`` is a class (``[!...]`` its complement), an unclosed ``[`` is literal."""
-    out, i, n = [], 0, len(glob)
-    while i < n:
-        c = glob[i]
-        if glob.startswith("**/", i):
-            out.append("((?:[^/]*/)*)")
-            i += 3
-            continue
-        i += 1
-        if c == "*":
-            out.append("([^/]*)")
-        elif c == "?":
-            out.append("([^/])")
-        elif c == "[":
-            j = i + (glob[i : i + 1] == "!")
-            j += glob[j : j + 1] == "]"  # a ']' first in a class is literal
-            while j < n and glob[j] != "]":
-                j += 1
-            if j >= n:
-                out.append(re.escape(c))
-                continue
-            body = glob[i:j].replace("\\", "\\\\")
-            i = j + 1
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            elif body.startswith("^"):
-                body = "\\" + body
-            out.append(f"([{body}])")
-        else:
-            out.append(re.escape(c))
-    return re.compile("".join(out))
-
-
-def _matches(glob: str, flag: str) -> dict[tuple[str, ...], pathlib.Path]:
-    normalised = os.path.normpath(glob)  # './S2/*.tif' and 'S2//*.tif' are 'S2/*.tif'
-    absolute = os.path.isabs(normalised)
-    root = pathlib.Path(normalised).anchor if absolute else "."
-    try:
-        pattern = _pattern(normalised)
-        found_paths = sorted(
-            pathlib.Path(root).glob(normalised[len(root) :] if absolute else normalised)
+    @property
+    def extras(self) -> dict:
+        """The optional outputs, as ``OutputPaths.beside`` takes them."""
+        return dict(
+            confidence=self.confidence, probabilities=self.probabilities, preview=self.preview
         )
-    except (re.error, ValueError) as e:
-        raise io.DataError(f"{flag} {glob!r} is not a valid glob ({e})") from None
-    found = {}
-    for path in found_paths:
-        m = pattern.fullmatch(str(path) if absolute else path.as_posix())
-        if m and path.is_file():
-            found[m.groups()] = path
-    return found
 
+    def key(self, model_digest: str) -> dict:
+        """What a scene's outputs depend on, besides its inputs: the run key's settings."""
+        stride = self.stride if self.stride is not None else default_stride(self.window)
+        return {"model": model_digest, "window": self.window, "stride": stride, "blend": self.blend}
 
-def match_globs(optical_glob: str, sar_glob: str, output_dir) -> list[Pair]:
-    """Pairs from two globs: an optical and a SAR file pair up when their wildcards
-    matched the same text, and that text names the output (``output_dir/<text>.tif``,
-    several wildcards joined by '_'). A file without a partner is an error."""
-    optical, sar = _matches(optical_glob, "--optical"), _matches(sar_glob, "--sar")
-    if not optical:
-        raise io.DataError(f"--optical {optical_glob!r} matches no file")
-    if not sar:
-        raise io.DataError(f"--sar {sar_glob!r} matches no file")
-    problems = [
-        f"{optical[k]} has no SAR partner among {sar_glob!r}" for k in optical if k not in sar
-    ] + [f"{sar[k]} has no optical partner among {optical_glob!r}" for k in sar if k not in optical]
-    if problems:
-        raise io.DataError("\n".join(problems))
-    pairs = []
-    for key in sorted(optical):
-        name = "_".join(part.strip("/").replace("/", "_") for part in key) or optical[key].stem
-        pairs.append(Pair(optical[key], sar[key], pathlib.Path(output_dir) / f"{name}.tif"))
-    return pairs
+    def scene_options(self) -> dict:
+        """``predict_scene``'s keyword settings."""
+        return dict(
+            window=self.window,
+            stride=self.stride,
+            batch_size=self.batch_size,
+            blend=self.blend,
+            prefetch=self.prefetch,
+        )
 
 
 def model_fingerprint(model, spec: specs.DatasetSpec) -> str:
@@ -190,8 +118,8 @@ class Plan:
     marks the pairs whose outputs exist with this run's key."""
 
     pairs: list[Pair]
-    scenes: list[scene.SceneInputs]
-    outputs: list[scene_outputs.OutputPaths]
+    scenes: list[SceneInputs]
+    outputs: list[OutputPaths]
     keys: list[str]
     complete: list[bool]
     windows: list[int]
@@ -339,7 +267,7 @@ def check_outputs(
 
     for i, pair in enumerate(pairs):
         where = f"{pair.where}: " if pair.where else ""
-        paths = scene_outputs.OutputPaths.beside(pair.output, **extras)
+        paths = OutputPaths.beside(pair.output, **extras)
         # The label raster first.
         for out in sorted(paths.all(), key=lambda p: p != paths.labels):
             found = problem_of(out, pair.where or str(pair.optical))
@@ -364,24 +292,19 @@ def check_outputs(
 def check(
     pairs: list[Pair],
     spec,
-    settings: dict,
+    settings: Settings,
     *,
-    window: int,
-    stride: int | None,
+    model: str,
     min_side: int,
-    align: bool = False,
-    extras: dict | None = None,
     summary: pathlib.Path | None = None,
     new_folders=(),
-    overwrite: bool = False,
 ) -> Plan:
     """Open and check every pair and its outputs; one DataError listing every problem.
 
-    `settings` (model digest, window, ...) goes into each pair's key; `extras` are the
-    optional outputs asked for (``OutputPaths.beside`` keywords); `min_side` is the
-    smallest scene side the model takes; `summary`, `new_folders`: see
-    ``check_outputs``."""
-    extras = extras or {}
+    `model` (the digest of ``model_fingerprint``) and `settings` make each pair's key;
+    `min_side` is the smallest scene side the model takes; `summary`, `new_folders`:
+    see ``check_outputs``."""
+    extras, overwrite = settings.extras, settings.overwrite
     problems, bad_outputs = check_outputs(
         pairs, extras, summary=summary, new_folders=new_folders, overwrite=overwrite
     )
@@ -389,16 +312,16 @@ def check(
     for i, pair in enumerate(pairs):
         where = f"{pair.where}: " if pair.where else ""
         try:
-            found = scene.open_scene(pair.optical, pair.sar, spec, align)
-            count = scene.plan_windows(
-                found.height, found.width, window, stride, min_side, pair.optical
+            found = open_scene(pair.optical, pair.sar, spec, settings.align)
+            count = plan_windows(
+                found.height, found.width, settings.window, settings.stride, min_side, pair.optical
             ).count
         except io.DataError as e:
             problems.append(f"{where}{e}")
             found, count = None, 0
-        paths = scene_outputs.OutputPaths.beside(pair.output, **extras)
+        paths = OutputPaths.beside(pair.output, **extras)
         key = {
-            **settings,
+            **settings.key(model),
             "warped": found is not None and found.warp_sar,  # not the flag: what it did
             **(
                 {"optical": _file_id(pair.optical), "sar": _file_id(pair.sar)}
@@ -455,15 +378,11 @@ def _eta(seconds: float) -> str:
 
 
 def run(
-    predictor: inference.Predictor,
+    predictor: Predictor,
     plan: Plan,
     spec,
+    settings: Settings,
     *,
-    window: int,
-    stride: int | None,
-    batch_size: int | None,
-    blend: str,
-    prefetch: int = 2,
     process_index: int = 0,
     process_count: int = 1,
     progress: bool = True,
@@ -501,11 +420,7 @@ def run(
                     plan.scenes[i],
                     plan.outputs[i],
                     spec,
-                    window=window,
-                    stride=stride,
-                    batch_size=batch_size,
-                    blend=blend,
-                    prefetch=prefetch,
+                    **settings.scene_options(),
                     tags={KEY_TAG: plan.keys[i]},
                     stats_tag=lambda stats: {
                         STATS_TAG: json.dumps({**stats.as_dict(), "process": process_index})
@@ -537,7 +452,7 @@ def run(
     return todo
 
 
-def summary(plan: Plan, settings: dict, labelled: set[int], seconds: float) -> dict:
+def summary_of(plan: Plan, settings: dict, labelled: set[int], seconds: float) -> dict:
     """Each scene's record (from its label raster's ``ASANET_SCENE`` tag) and totals;
     `labelled`: the scenes labelled in this run (by any process)."""
     import rasterio
@@ -575,3 +490,114 @@ def summary(plan: Plan, settings: dict, labelled: set[int], seconds: float) -> d
 
 def write_summary(path, data: dict) -> None:
     files.write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def plan_digest(plan: Plan, settings: Settings) -> bytes:
+    """What every process must agree on: the scenes, their keys and outputs, the options."""
+    text = "\n".join(
+        f"{key}|{[str(p) for p in paths.all()]}"
+        for key, paths in zip(plan.keys, plan.outputs, strict=True)
+    )
+    options = f"{sorted(settings.extras.items())}|{settings.overwrite}"
+    return hashlib.sha256(f"{text}|{options}".encode()).digest()[:8]
+
+
+def predict_region(
+    checkpoint,
+    pairs: list[Pair],
+    settings: Settings,
+    *,
+    dataset: str | None = None,
+    data_dir=None,
+    summary: pathlib.Path | None = None,
+    new_folders=(),
+    progress: bool = True,
+    log=None,
+) -> dict | None:
+    """Label `pairs` with the model at `checkpoint` (a model directory, or an official
+    file with `dataset` naming its dataset): what ``scripts/predict.py`` runs.
+
+    In a multi-process run (``multihost.initialize`` first) every process gives the same
+    arguments and labels its share; each gathering lets the processes stop together
+    when one fails. Checks come first: folders that cannot be written before the model
+    is read, then every pair (``check``); `new_folders` (a glob's output folder) are
+    created once they pass. Process 0 writes `summary` at the end, if given, and
+    returns it; the other processes, and a run without `summary`, return None. Messages
+    go to `log` (stderr by default).
+    """
+    import jax
+
+    import asanet_jax
+    from asanet_jax import checkpointing, evaluation, multihost
+
+    log = log or sys.stderr
+    start = time.perf_counter()
+    summary = pathlib.Path(summary) if summary is not None else None
+    problems = unwritable_outputs(pairs, summary)
+    # The first gathering also sets up the processes' links while the others start.
+    multihost.agree(io.DataError(listing(problems)) if problems else None)
+    model, _, meta = asanet_jax.load(checkpoint)
+    spec = checkpointing.model_dataset(meta, checkpoint, dataset, data_dir)
+    evaluation.check_fits(model.config, spec)
+    predictor = Predictor(model, multihost.local_mesh())
+    batch_size = settings.batch_size or predictor.default_batch_size
+    settings = dataclasses.replace(settings, batch_size=batch_size)
+    digest = model_fingerprint(model, spec)
+    plan, failure = None, None
+    try:
+        plan = check(
+            pairs,
+            spec,
+            settings,
+            model=digest,
+            min_side=model.config.min_input_side,
+            summary=summary,
+            new_folders=new_folders,
+        )
+        predictor.check_batch(batch_size)
+    except (ValueError, OSError) as e:
+        failure = e
+    multihost.agree(failure, plan_digest(plan, settings) if plan else b"")
+    for folder in new_folders:
+        pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
+    index, count = jax.process_index(), jax.process_count()
+    if index == 0:
+        devices = f"{predictor.devices} {jax.local_devices()[0].platform} device(s)"
+        hosts = f" on each of {count} processes" if count > 1 else ""
+        print(
+            f"{len(pairs)} scene(s), batches of {batch_size} windows over {devices}{hosts}",
+            file=log,
+        )
+    labelled, failure = [], None
+    try:
+        labelled = run(
+            predictor,
+            plan,
+            spec,
+            settings,
+            process_index=index,
+            process_count=count,
+            progress=progress,
+            log=log,
+        )
+    except (ValueError, OSError) as e:
+        failure = e
+    # A barrier too: every process's scenes are written before process 0 sums them up.
+    labelled = multihost.agree(failure, b"", labelled, len(pairs))
+    if index != 0:
+        return None
+    if summary is None:
+        written = ", ".join(str(p) for p in plan.outputs[0].all())
+        print(f"wrote {written}" if labelled else f"complete already: {written}")
+        return None
+    data = summary_of(plan, settings.key(digest), set(labelled), time.perf_counter() - start)
+    data["settings"]["package"] = asanet_jax.__version__
+    write_summary(summary, data)
+    t = data["total"]
+    print(
+        f"labelled {t['labelled']} scene(s), {t['complete_before']} complete before; "
+        f"{t['pixels']:,} pixels, {t['km2']:,.2f} km² in {t['seconds']:.1f} s; "
+        f"summary in {summary}",
+        file=log,
+    )
+    return data

@@ -1,4 +1,4 @@
-"""What every script does with failures: one line, not a traceback.
+"""How every script reports failures: one line, not a traceback.
 
 A user error (a missing or unreadable file, a bad value, a checkpoint or dataset that
 does not fit, a full disk, a read-only folder) prints ``error: <reason>`` naming the
@@ -11,15 +11,14 @@ command-line flag, such as an unknown config field, into one line.
 
 from __future__ import annotations
 
-import gc
 import logging
-import os
 import pathlib
 import re
 import signal
 import sys
-import threading
 from collections.abc import Callable
+
+from asanet_jax.interrupts import SCRIPT
 
 USER_ERRORS = (ValueError, OSError)
 
@@ -31,61 +30,6 @@ def describe(error: BaseException) -> str:
         target = f"{error.filename} -> {error.filename2}" if error.filename2 else error.filename
         return f"{target}: {reason[0].lower() + reason[1:] if reason else type(error).__name__}"
     return str(error).strip() or type(error).__name__
-
-
-class _Interrupts:
-    """SIGINT in a script, from its first statement to its exit: remember that it came, and
-    raise KeyboardInterrupt only where that is safe.
-
-    - While the script starts (``hold_interrupts`` until ``run`` calls ``main``): imports,
-      flag parsing and config files. A KeyboardInterrupt raised inside an import, or
-      inside Python code that C++ called while a native module initialises, can leave a
-      half-imported module, be swallowed, or abort the interpreter; so it is only noted,
-      and ``run`` reports it before ``main`` starts.
-    - Inside a garbage-collection callback (JAX registers one) it would be printed and
-      dropped, and inside an import (a lazy one, later) it can be swallowed: there the
-      signal is sent again 20 ms later, until it lands elsewhere.
-    - Raised inside Python code that C++ called (JAX's pytree code), it can come out as
-      another error; ``run`` still reports the interrupt, since ``seen`` is set.
-    """
-
-    def __init__(self):
-        self.seen = False
-        self.starting = True
-
-    def __call__(self, signum, frame) -> None:
-        self.seen = True
-        if self.starting:
-            return
-        if _unsafe_to_raise(frame):
-            threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT)).start()
-            return
-        raise KeyboardInterrupt
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self)
-
-
-def _unsafe_to_raise(frame) -> bool:
-    """Whether `frame` runs inside a gc callback or the import machinery."""
-    callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
-    while frame is not None:
-        code = frame.f_code
-        if code in callbacks or code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame = frame.f_back
-    return False
-
-
-# One per process: the handler from a script's first statement is the one `run` uses.
-_INTERRUPTS = _Interrupts()
-
-
-def hold_interrupts() -> None:
-    """Call first in a script, before its heavy imports: a Ctrl-C from then on, however
-    early, ends the script with ``interrupted`` and status 130 (see ``_Interrupts``)."""
-    _INTERRUPTS.install()
 
 
 def show_messages() -> None:
@@ -111,8 +55,8 @@ class _MessageHandler(logging.StreamHandler):
 def run(main: Callable[[], int | None]) -> int:
     """Call ``main()``; map user errors and Ctrl-C to one line and an exit status."""
     show_messages()
-    interrupts = _INTERRUPTS
-    interrupts.install()  # for a script that did not call hold_interrupts
+    interrupts = SCRIPT
+    interrupts.install()  # for a script that did not call interrupts.hold
     if not interrupts.starting:  # run() again in one process: a fresh start
         interrupts.seen = False
     try:
@@ -154,9 +98,13 @@ def _quiet_after_failure() -> None:
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
 
 
-def run_absl(main: Callable[[list[str]], int | None]) -> None:
-    """``absl.app.run(main)`` with one-line errors, bad flags included; exits."""
+def run_absl(main: Callable[[list[str]], int | None], doc: str | None = None) -> None:
+    """``absl.app.run(main)`` with one-line errors, bad flags included; exits. `doc` (the
+    program's docstring) is what ``--help`` shows, whichever file started it."""
     from absl import app, flags
+
+    if doc:
+        sys.modules["__main__"].__doc__ = doc
 
     def parse(argv: list[str]) -> list[str]:
         try:
