@@ -93,7 +93,7 @@ SMOKE = {
     "size": 64,
     "cases": ["jax:infer:bf16:1", "jax:train:bf16:2", "torch:infer:amp:1", "torch:train:amp:2"],
     "repeats": 1,
-    "train_steps": None,  # configs/demo.py:runlocal
+    "train_steps": None,  # configs/demo.py:runlocal, with the micro model (`arch`)
     "profile_batches": {"train": 2, "infer": 2},
     "scene": {"arch": "micro", "side": 512 + 341, "cases": ["ours:2"], "budget_s": 300},
 }
@@ -137,7 +137,9 @@ def parity() -> dict:
     return golden.full_report("auto")
 
 
-def training(steps: int | None, work: pathlib.Path, log: Log) -> dict:
+def training(steps: int | None, work: pathlib.Path, log: Log, arch: str = "tiny") -> dict:
+    """The demo recipe for `steps` (None: its runlocal variant, with the `arch` model of
+    benchmarks/run.py when that is 'micro', so that the smoke run compiles little)."""
     import jax
 
     from asanet_jax.train import recipe, trainer
@@ -147,6 +149,8 @@ def training(steps: int | None, work: pathlib.Path, log: Log) -> dict:
     if steps:
         config.train.steps = steps
         config.train.eval_every = config.train.checkpoint_every = steps
+    elif arch == "micro":
+        config.model.update(run.MODELS["micro"])
     if jax.default_backend() != "cpu":
         config.model.dtype = "bfloat16"
     log(f"training: demo recipe, {config.train.steps} steps of batch {config.train.batch_size}")
@@ -326,7 +330,7 @@ def main(argv=None) -> int:
         sections = {
             "environment": environment,
             "parity": parity,
-            "training": lambda: training(settings["train_steps"], work, log),
+            "training": lambda: training(settings["train_steps"], work, log, settings["arch"]),
             "benchmarks": lambda: benchmarks(settings, deadline, log),
             "scene": lambda: scene_speed(settings, log),
             "profile": lambda: profile(settings, work),

@@ -11,8 +11,8 @@ import os
 import sys
 
 mode = sys.argv[1]
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + (
-    "1" if mode == "process" else "2"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + (
+    " --xla_force_host_platform_device_count=" + ("1" if mode == "process" else "2")
 )
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]

@@ -13,7 +13,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PROCESS = textwrap.dedent(
     """
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    one = " --xla_force_host_platform_device_count=1"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + one
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     from asanet_jax import multihost

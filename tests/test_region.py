@@ -67,7 +67,8 @@ def write_list(path, names, folder="out"):
 
 
 def predict(root, *args, devices=1, wait=True):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env = {**os.environ, "XLA_FLAGS": flags}
     cmd = [
         sys.executable,
         str(REPO / "scripts" / "predict.py"),
