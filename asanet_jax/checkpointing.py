@@ -256,10 +256,10 @@ def model_data(
     Raises:
       DataError: no dataset recorded and none named.
     """
+    from asanet_jax.data import config as data_config
     from asanet_jax.data import io
-    from asanet_jax.data.config import data_config
 
-    data = data_config()
+    data = data_config.defaults()
     data.data_dir, data.manual_dir = str(data_dir), manual_dir
     recorded = meta.get("tfds")
     if recorded is not None and dataset in (None, recorded["name"]):

@@ -105,6 +105,10 @@ def run_absl(main: Callable[[list[str]], int | None], doc: str | None = None) ->
 
     if doc:
         sys.modules["__main__"].__doc__ = doc
+    # --help lists the key flags of the file that started (a shim or a console script);
+    # the flags are the program module's.
+    for flag in flags.FLAGS.get_flags_for_module(main.__module__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
     def parse(argv: list[str]) -> list[str]:
         try:

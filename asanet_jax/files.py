@@ -143,12 +143,16 @@ def disk_errors_as_oserror(path, quiet: tuple[str, ...] = ("absl",)):
     try:
         yield
     except Exception as e:
+        named = getattr(e, "filename", None)
+        if named is not None and not _ours(pathlib.Path(named), pathlib.Path(path)):
+            raise  # another file's failure (a source that cannot be read) names that file
         code = e.errno if isinstance(e, OSError) else None
         text = str(e)
         for errno_code, marker in _DISK_ERRORS:
             if code == errno_code or marker in text:
                 raise OSError(errno_code, marker, str(path)) from None
-        if _free_bytes(pathlib.Path(path)) < _FULL:
+        # ValueErrors are ours (a bad input) or orbax's, which say what happened.
+        if not isinstance(e, ValueError) and _free_bytes(pathlib.Path(path)) < _FULL:
             raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
         raise
     finally:
@@ -162,6 +166,14 @@ _DISK_ERRORS = (
     (errno.EROFS, "Read-only file system"),
     (errno.EACCES, "Permission denied"),
 )
+
+
+def _ours(named: pathlib.Path, path: pathlib.Path) -> bool:
+    """Whether `named` is `path`, lies below it, or is one of its temporaries."""
+    named, path = named.absolute(), path.absolute()
+    if named == path or path in named.parents:
+        return True
+    return named.parent == path.parent and named.name.startswith(f".{path.name}.{TAG}-")
 
 
 def _free_bytes(path: pathlib.Path) -> int:

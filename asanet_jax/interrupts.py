@@ -101,12 +101,12 @@ def deferred(notice: str = "interrupt received: finishing the current write firs
         yield held
         return
 
-    def hold(signum, frame):
+    def note(signum, frame):
         if not held.received:
             print(notice, file=sys.stderr, flush=True)
         held.received.append(signum)
 
-    previous = signal.signal(signal.SIGINT, hold)
+    previous = signal.signal(signal.SIGINT, note)
     try:
         yield held
     finally:

@@ -17,6 +17,7 @@ interrupts.hold()  # first: a Ctrl-C during the imports below ends cleanly too
 import argparse
 import pathlib
 import shutil
+import sys
 import time
 
 import jax
@@ -25,7 +26,8 @@ import numpy as np
 from flax import nnx
 
 import asanet_jax
-from asanet_jax.convert.cli import convert_main
+from asanet_jax import errors
+from asanet_jax.convert.cli import convert, convert_args
 from asanet_jax.convert.official import export_state_dict
 from asanet_jax.convert.state_dicts import write_state_dict
 from asanet_jax.models import ASANet, count_params
@@ -53,7 +55,7 @@ def main() -> None:
     print(f"1. wrote an official-format mmseg checkpoint: {official}")
 
     converted = work / "converted"
-    convert_main(["--torch_checkpoint", str(official), "--output", str(converted)])
+    convert(convert_args(["--torch_checkpoint", str(official), "--output", str(converted)]))
     print(f"2. converted it to a model directory: {converted}")
 
     reloaded, config, meta = asanet_jax.load(converted)
@@ -90,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(errors.run(main))

@@ -1,4 +1,4 @@
-"""Convert official weights into a model directory: ``asanet-convert`` and
+"""Convert official ASANet / ImageNet ConvNeXt V2 weights into a model directory.
 
 The program is ``asanet_jax/commands/convert.py`` (installed as ``asanet-convert``); see its
 docstring, or ``--help``.

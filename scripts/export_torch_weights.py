@@ -1,4 +1,4 @@
-"""Write a model directory as an official-format checkpoint: ``asanet-export`` and
+"""Write a model directory as an official-format mmseg checkpoint.
 
 The program is ``asanet_jax/commands/export.py`` (installed as ``asanet-export``); see its
 docstring, or ``--help``.

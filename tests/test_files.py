@@ -65,9 +65,18 @@ def test_writer_disk_errors_become_the_os_error_they_are(tmp_path):
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path)
     with pytest.raises(ValueError, match="something else"), files.disk_errors_as_oserror(tmp_path):
         raise ValueError("something else")
+    # A temporary of the output is named as the output; another file's failure (a source
+    # that cannot be read) keeps its own name.
+    out = tmp_path / "out.tif"
+    with pytest.raises(OSError) as info, files.disk_errors_as_oserror(out):
+        raise OSError(errno.ENOSPC, "No space left", str(files.temporary_name(out)))
+    assert info.value.filename == str(out)
+    with pytest.raises(PermissionError) as info, files.disk_errors_as_oserror(out):
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/source.tif")
+    assert info.value.filename == "/data/source.tif"
 
 
-def test_deferred_interrupt_finishes_the_block_then_raises():
+def test_a_deferred_interrupt_finishes_the_block_then_raises():
     done = []
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt), interrupts.deferred():

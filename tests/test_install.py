@@ -185,3 +185,8 @@ def test_the_programs_find_the_installed_configs_from_any_folder(tmp_path):
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert proc.stderr.strip().splitlines()[-1] == "error: configs/nothing.py: no such config file"
+    # --help describes the program and lists its flags, whichever file started it.
+    for started in ([bin_dir / "asanet-predict"], [sys.executable, REPO / "scripts/predict.py"]):
+        proc = subprocess.run([*map(str, started), "--help"], capture_output=True, text=True)
+        assert "Label whole optical + SAR GeoTIFF scenes" in proc.stdout, proc.stdout[-2000:]
+        assert "--checkpoint: Model directory" in proc.stdout, proc.stdout[-2000:]

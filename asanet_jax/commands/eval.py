@@ -67,7 +67,12 @@ def main(argv) -> int:
     predictor = Predictor(model)
     window = (f.window, f.window) if f.window else None
     stride = (f.stride, f.stride) if f.stride else None
-    settings = evaluation.Settings(f.mode, window, stride, f.tta)
+    if f["config"].present:  # its config.data.tta, else the dataset's official TTA
+        settings = evaluation.Settings.from_config(
+            f.config.data, mode=f.mode, window=window, stride=stride, tta=f.tta
+        )
+    else:
+        settings = evaluation.Settings(f.mode, window, stride, f.tta)
     result, confusion, samples = evaluation.evaluate(predictor, source, settings)
     result["settings"] = {
         "mode": f.mode,

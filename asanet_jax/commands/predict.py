@@ -13,7 +13,7 @@ Windows go through the model in batches, data-parallel over this host's devices;
 several hosts (jax.distributed: on TPU pods and under SLURM by itself, or with
 --coordinator_address, --num_processes and --process_id), each labels its own share of
 the scenes. A re-run skips the scenes whose outputs are complete. Outputs are
-Cloud-Optimized GeoTIFFs (see asanet_jax/outputs.py).
+Cloud-Optimized GeoTIFFs (see asanet_jax/predict/outputs.py).
 
 A model directory written by training (or by convert_torch_weights.py --dataset) records
 how raster values become its inputs, its classes and palette, so it needs nothing else.

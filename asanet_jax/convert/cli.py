@@ -120,6 +120,13 @@ def convert(args) -> pathlib.Path:
 
 
 def convert_main(argv=None) -> int:
+    """The converter's command line; returns the exit status."""
+    args = convert_args(argv)
+    return errors.run(lambda: 0 if convert(args) else 1)
+
+
+def convert_args(argv=None) -> argparse.Namespace:
+    """The converter's flags, parsed (`convert` takes them)."""
     p = argparse.ArgumentParser(
         description="Convert official ASANet (mmseg) or ImageNet ConvNeXt V2 weights "
         "into a model directory (orbax weights + model.json)."
@@ -159,8 +166,7 @@ def convert_main(argv=None) -> int:
         action="store_true",
         help="convert weights holding NaN or Inf instead of refusing them",
     )
-    args = p.parse_args(argv)
-    return errors.run(lambda: 0 if convert(args) else 1)
+    return p.parse_args(argv)
 
 
 def export_main(argv=None) -> int:

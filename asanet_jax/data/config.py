@@ -63,7 +63,7 @@ def tta_defaults(name: str) -> dict:
     return {**TTA, **OFFICIAL_DATA.get(name, {}).get("tta", {})}
 
 
-def data_config(num_classes=None) -> ml_collections.ConfigDict:
+def defaults(num_classes=None) -> ml_collections.ConfigDict:
     """``config.data`` with PIE-RGB-SAR's official values; `num_classes` may be a
     ``FieldReference`` that the model's class count shares (None: the dataset's, set
     when training opens it)."""

@@ -45,8 +45,7 @@ class Augment:
             value = getattr(self, name)
             if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
                 raise ValueError(f"{where}.{name}={value!r}: expected two positive integers")
-        low, high = self.ratio_range
-        if not 0 < low <= high:
+        if len(self.ratio_range) != 2 or not 0 < self.ratio_range[0] <= self.ratio_range[1]:
             raise ValueError(
                 f"{where}.ratio_range={self.ratio_range!r}: expected (low, high), 0 < low <= high"
             )

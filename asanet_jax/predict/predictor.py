@@ -85,10 +85,10 @@ class Predictor:
 
     def check_batch(self, size: int) -> None:
         """InferenceError unless a batch of `size` splits over the predictor's devices."""
-        if size % self.devices:
+        if size < 1 or size % self.devices:
             raise InferenceError(
                 f"a batch of {size} does not split over {self.devices} devices; "
-                "use a multiple of the device count"
+                "use a positive multiple of the device count"
             )
 
     def __call__(self, optical, sar) -> jax.Array:

@@ -427,13 +427,9 @@ def run(
                     },
                     on_windows=bar.update,
                 )
-            except OSError as e:
-                if e.filename is not None:  # it names its file (a full disk: the output)
-                    raise
-                pair = plan.pairs[i]
-                where = pair.where or f"{pair.optical} / {pair.sar}"
-                raise io.DataError(f"{where}: {type(e).__name__}: {e}") from e
-            except ValueError as e:  # which scene first, then the reason
+            except (ValueError, OSError) as e:  # which scene first, then the reason
+                if isinstance(e, OSError) and e.filename is not None:
+                    raise  # it names its file (a full disk: the output)
                 pair = plan.pairs[i]
                 where = pair.where or f"{pair.optical} / {pair.sar}"
                 raise io.DataError(f"{where}: {type(e).__name__}: {e}") from e
@@ -536,15 +532,16 @@ def predict_region(
     problems = unwritable_outputs(pairs, summary)
     # The first gathering also sets up the processes' links while the others start.
     multihost.agree(io.DataError(listing(problems)) if problems else None)
-    model, _, meta = asanet_jax.load(checkpoint)
-    spec = checkpointing.model_dataset(meta, checkpoint, dataset, data_dir)
-    evaluation.check_fits(model.config, spec)
-    predictor = Predictor(model, multihost.local_mesh())
-    batch_size = settings.batch_size or predictor.default_batch_size
-    settings = dataclasses.replace(settings, batch_size=batch_size)
-    digest = model_fingerprint(model, spec)
     plan, failure = None, None
     try:
+        model, _, meta = asanet_jax.load(checkpoint)
+        spec = checkpointing.model_dataset(meta, checkpoint, dataset, data_dir)
+        evaluation.check_fits(model.config, spec)
+        predictor = Predictor(model, multihost.local_mesh())
+        batch_size = settings.batch_size or predictor.default_batch_size
+        settings = dataclasses.replace(settings, batch_size=batch_size)
+        predictor.check_batch(batch_size)
+        digest = model_fingerprint(model, spec)
         plan = check(
             pairs,
             spec,
@@ -554,12 +551,11 @@ def predict_region(
             summary=summary,
             new_folders=new_folders,
         )
-        predictor.check_batch(batch_size)
     except (ValueError, OSError) as e:
         failure = e
+    # Every process reaches each gathering, failed or not, so that none waits for one
+    # that stopped; a failure here (a model one host cannot read, say) stops them all.
     multihost.agree(failure, plan_digest(plan, settings) if plan else b"")
-    for folder in new_folders:
-        pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
     index, count = jax.process_index(), jax.process_count()
     if index == 0:
         devices = f"{predictor.devices} {jax.local_devices()[0].platform} device(s)"
@@ -570,6 +566,8 @@ def predict_region(
         )
     labelled, failure = [], None
     try:
+        for folder in new_folders:  # once every check has passed on every process
+            pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
         labelled = run(
             predictor,
             plan,

@@ -37,10 +37,7 @@ def read_list(path) -> list[Pair]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise io.DataError(f"{path}: scene list not found")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a spreadsheet's BOM too
-    except UnicodeDecodeError as e:
-        raise io.DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    lines = io.read_text(path, "scene list").splitlines()  # a spreadsheet's BOM too
     rows = (
         csv.reader(lines, skipinitialspace=True)
         if path.suffix.lower() == ".csv"

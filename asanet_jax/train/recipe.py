@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.num_classes = num_classes
     config.model.dtype = "bfloat16"  # compute dtype; "float32" on request
 
-    config.data = data_config.data_config(num_classes)
+    config.data = data_config.defaults(num_classes)
 
     config.optim = ml_collections.ConfigDict(
         {

@@ -262,7 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir, stop_after: int | None = N
             raise failure
         if failure is not None:
             raise TrainingError(str(failure)) from None
-        raise TrainingError(f"process 0 could not lock the work directory {workdir}")
+        raise TrainingError(f"process 0 refused the work directory {workdir}; its message says why")
     try:
         return _train(config, workdir, model_config, mesh, stop_after)
     finally:
