@@ -54,7 +54,7 @@ def parse_division(path: pathlib.Path) -> dict[str, list[str]]:
         raise io.DataError(f"{path}: split file not found")
     splits: dict[str, list[str]] = {"train": [], "test": []}
     current = None
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(io.read_text(path, "division file").splitlines(), 1):
         text = line.strip()
         if not text:
             continue

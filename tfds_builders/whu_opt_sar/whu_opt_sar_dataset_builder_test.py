@@ -94,6 +94,12 @@ def test_the_datasets_own_division_file_gives_80_train_and_20_test_scenes():
     assert splits["train"][0] == "NH49E004021" and all("." not in n for n in splits["test"])
 
 
+def test_a_division_file_saved_with_a_byte_order_mark_reads_the_same(tmp_path):
+    saved = tmp_path / whu.DIVISION_FILE
+    saved.write_bytes(b"\xef\xbb\xbf" + (FIXTURE / whu.DIVISION_FILE).read_bytes())
+    assert whu.parse_division(saved) == whu.parse_division(FIXTURE / whu.DIVISION_FILE)
+
+
 def test_listed_scenes_missing_on_disk_are_an_error_unless_a_subset_is_asked(tmp_path):
     root = fake_sources.write_whu(tmp_path / "src", ["A1", "A2"], ["B1"], (520, 520))
     for folder in ("optical", "sar", "lbl"):
