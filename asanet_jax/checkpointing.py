@@ -93,13 +93,6 @@ def not_written_by_save(path) -> list[str] | None:
     return extra + [f"{WEIGHTS_DIR}/{name}" for name in unknown]
 
 
-def is_model_dir(path) -> bool:
-    """A folder holding just ``model.json`` and the weights, exactly as ``save_model``
-    writes them (not a link to one)."""
-    path = pathlib.Path(path)
-    return path.is_dir() and not path.is_symlink() and not_written_by_save(path) == []
-
-
 def check_replaceable(directory: pathlib.Path, overwrite: bool) -> None:
     """Refuse to write a model directory over anything but a model directory.
 
