@@ -100,9 +100,7 @@ def main(argv) -> int:
         overwrite=f.overwrite,
     )
     pairs = scene_list.pairs_from_args(f.optical, f.sar, f.output, f.output_dir, f.scenes)
-    summary = f.summary or (
-        pairs[0].output.parent / "predict_summary.json" if len(pairs) > 1 else None
-    )
+    summary = f.summary or region.default_summary(pairs)
     multihost.initialize(
         types.SimpleNamespace(
             coordinator_address=f.coordinator_address,

@@ -41,8 +41,6 @@ from asanet_jax.predict.scene_list import Pair
 from asanet_jax.predict.windows import BLENDS, default_stride, plan_windows
 
 KEY_TAG = "ASANET_PREDICTION"
-
-
 STATS_TAG = "ASANET_SCENE"
 
 
@@ -230,22 +228,21 @@ def unwritable_outputs(pairs: list[Pair], summary: pathlib.Path | None = None) -
 
 def check_outputs(
     pairs: list[Pair],
-    extras: dict | None = None,
+    settings: Settings,
     *,
     summary: pathlib.Path | None = None,
     new_folders=(),
-    overwrite: bool = False,
 ) -> tuple[list[str], set[int]]:
     """What is wrong with the output paths, found without reading any raster: an output
     that is an input (through links too), one output given twice, a folder, a folder that
     does not exist or cannot be written. `summary` is held to the same rules, and an
     existing file there is replaced only if scene prediction wrote it, or with
-    `overwrite`. `new_folders` are folders the run creates (a glob's output folder).
+    ``settings.overwrite``; the outputs are ``settings.extras``'s. `new_folders` are
+    folders the run creates (a glob's output folder).
 
     Returns the problems (each naming the file) and the indices of the pairs that have
     one; the first problem of a pair is enough.
     """
-    extras = extras or {}
     new_folders = {pathlib.Path(f).absolute() for f in new_folders}
     problems, bad = [], set()
     inputs = _Inputs([p for pair in pairs for p in (pair.optical, pair.sar)])
@@ -267,7 +264,7 @@ def check_outputs(
 
     for i, pair in enumerate(pairs):
         where = f"{pair.where}: " if pair.where else ""
-        paths = OutputPaths.beside(pair.output, **extras)
+        paths = OutputPaths.beside(pair.output, **settings.extras)
         # The label raster first.
         for out in sorted(paths.all(), key=lambda p: p != paths.labels):
             found = problem_of(out, pair.where or str(pair.optical))
@@ -279,7 +276,7 @@ def check_outputs(
         summary = pathlib.Path(summary)
         found = problem_of(summary, "--summary")
         exists = summary.exists() or summary.is_symlink()
-        if found is None and exists and not overwrite and not is_our_summary(summary):
+        if found is None and exists and not settings.overwrite and not is_our_summary(summary):
             found = (
                 f"--summary {summary} already exists and was not written by scene "
                 "prediction; --overwrite replaces it"
@@ -304,10 +301,7 @@ def check(
     `model` (the digest of ``model_fingerprint``) and `settings` make each pair's key;
     `min_side` is the smallest scene side the model takes; `summary`, `new_folders`:
     see ``check_outputs``."""
-    extras, overwrite = settings.extras, settings.overwrite
-    problems, bad_outputs = check_outputs(
-        pairs, extras, summary=summary, new_folders=new_folders, overwrite=overwrite
-    )
+    problems, bad_outputs = check_outputs(pairs, settings, summary=summary, new_folders=new_folders)
     scenes, outputs, keys, complete, windows = [], [], [], [], []
     for i, pair in enumerate(pairs):
         where = f"{pair.where}: " if pair.where else ""
@@ -319,7 +313,7 @@ def check(
         except io.DataError as e:
             problems.append(f"{where}{e}")
             found, count = None, 0
-        paths = OutputPaths.beside(pair.output, **extras)
+        paths = OutputPaths.beside(pair.output, **settings.extras)
         key = {
             **settings.key(model),
             "warped": found is not None and found.warp_sar,  # not the flag: what it did
@@ -331,7 +325,7 @@ def check(
         }
         found_keys = {p: existing_key(p) for p in paths.all()} if found is not None else {}
         done = found is not None and all(k == key for k in found_keys.values())
-        if found is not None and not done and not overwrite and i not in bad_outputs:
+        if found is not None and not done and not settings.overwrite and i not in bad_outputs:
             for out, old in found_keys.items():
                 if out.is_file() and old != key:
                     problems.append(f"{where}{_conflict(out, old, key)}; --overwrite replaces it")
@@ -482,6 +476,12 @@ def summary_of(plan: Plan, settings: dict, labelled: set[int], seconds: float) -
             "windows_per_s": round(total_windows / seconds, 3) if total_windows else None,
         },
     }
+
+
+def default_summary(pairs: list[Pair]) -> pathlib.Path | None:
+    """Where a run's summary goes when none is named: predict_summary.json beside the
+    first output for several scenes; none for one."""
+    return pairs[0].output.parent / "predict_summary.json" if len(pairs) > 1 else None
 
 
 def write_summary(path, data: dict) -> None:
