@@ -39,7 +39,6 @@ from ml_collections import config_dict
 
 from asanet_jax.data import config as data_config
 from asanet_jax.data import specs
-from asanet_jax.data.config import augment_defaults, synthetic_augment, tta_defaults
 from asanet_jax.models.config import default_model_config
 
 
@@ -139,8 +138,8 @@ def for_dataset(
     config.data.name = name
     if name in specs.BUILTIN:
         config.data.num_classes = specs.BUILTIN[name].num_classes
-    config.data.augment.update(augment_defaults(name))
-    config.data.tta.update(tta_defaults(name))
+    config.data.augment.update(data_config.augment_defaults(name))
+    config.data.tta.update(data_config.tta_defaults(name))
     if runlocal:
         shrink_for_local_run(config)
     return config
@@ -156,8 +155,8 @@ def demo_config(variant: str | None = None, *, runlocal: bool = False) -> ml_col
     config.data.name = "synthetic_rgb_sar"
     config.data.tfds_config = "default"
     config.data.num_classes = specs.BUILTIN["synthetic_rgb_sar"].num_classes
-    config.data.augment.update(synthetic_augment(128))  # the "default" config's tiles
-    config.data.tta.update(tta_defaults("synthetic_rgb_sar"))
+    config.data.augment.update(data_config.synthetic_augment(128))  # the "default" config's tiles
+    config.data.tta.update(data_config.tta_defaults("synthetic_rgb_sar"))
     config.data.eval_batch_size = 16
     config.model.backbone = "atto"
     config.model.decoder_channels = 64
@@ -175,7 +174,7 @@ def demo_config(variant: str | None = None, *, runlocal: bool = False) -> ml_col
     if runlocal:
         shrink_for_local_run(config)
         config.data.tfds_config = "tiny"
-        config.data.augment.update(synthetic_augment(64))  # the "tiny" config's tiles
+        config.data.augment.update(data_config.synthetic_augment(64))  # the "tiny" config's tiles
     return config
 
 
