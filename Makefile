@@ -18,6 +18,7 @@ demo: $(STAMP)
 # Not part of `make test`: minutes on a GPU, tens of minutes on a CPU.
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run --model cmx-b2
 
 # Wheels for the accelerator check on a machine without network (benchmarks/device_check.py):
 # for its Python (DEVICE_PYTHON) on x86-64 Linux, into .whl/.

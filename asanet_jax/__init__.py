@@ -5,7 +5,7 @@
 package is cheap.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 def __getattr__(name: str):

@@ -28,8 +28,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from asanet_jax import files, interrupts
-from asanet_jax.models.asanet import WEIGHTS, ASANet, build_with_weights
 from asanet_jax.models.config import resolve, to_config
+from asanet_jax.models.segmentor import WEIGHTS, build_with_weights
 from asanet_jax.weights import CheckpointError, check_finite, check_fit
 
 CONFIG_FILE = "model.json"
@@ -128,7 +128,7 @@ def check_replaceable(directory: pathlib.Path, overwrite: bool) -> None:
 
 
 def save_model(
-    directory, model: ASANet, *, metadata: dict | None = None, overwrite: bool = False
+    directory, model: nnx.Module, *, metadata: dict | None = None, overwrite: bool = False
 ) -> pathlib.Path:
     """Write ``model`` (weights + config + metadata) to ``directory``.
 
@@ -280,7 +280,7 @@ def load_model_dir(
     model_config: ml_collections.ConfigDict | dict | None = None,
     *,
     allow_nonfinite: bool = False,
-) -> tuple[ASANet, ml_collections.ConfigDict, dict]:
+) -> tuple[nnx.Module, ml_collections.ConfigDict, dict]:
     """(model in eval mode, config.model, metadata) from a model directory.
 
     ``model_config`` overrides fields that do not change the weights' shapes (for

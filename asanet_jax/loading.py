@@ -11,8 +11,8 @@ from __future__ import annotations
 import pathlib
 
 import ml_collections
+from flax import nnx
 
-from asanet_jax.models.asanet import ASANet
 from asanet_jax.weights import CheckpointError
 
 
@@ -21,7 +21,7 @@ def load(
     model_config: ml_collections.ConfigDict | dict | None = None,
     *,
     allow_nonfinite: bool = False,
-) -> tuple[ASANet, ml_collections.ConfigDict, dict]:
+) -> tuple[nnx.Module, ml_collections.ConfigDict, dict]:
     """(model in eval mode, config.model, metadata) from a model directory or an official
     checkpoint file. For a file, metadata holds its path.
 

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from asanet_jax.models.asanet import WEIGHTS, ASANet, build_with_weights
 from asanet_jax.models.config import ModelConfig
+from asanet_jax.models.segmentor import WEIGHTS, build_with_weights
 
 
 class CheckpointError(ValueError):
@@ -93,7 +93,7 @@ def set_weights(model: nnx.Module, values: dict[str, np.ndarray]) -> None:
         current[k].set_value(jnp.asarray(v, dtype=current[k].dtype))
 
 
-def model_from_values(config: ModelConfig, values: dict[str, np.ndarray]) -> ASANet:
+def model_from_values(config: ModelConfig, values: dict[str, np.ndarray]) -> nnx.Module:
     """A model (eval mode) whose every weight comes from ``values``; strict."""
 
     def fill(weights):

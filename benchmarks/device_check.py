@@ -79,6 +79,15 @@ FULL = {
         ],
     ],
     "repeats": 5,
+    # CMX-B2, as the official recipe runs it (batch 8, float32) and in bfloat16 / AMP.
+    "cmx": {
+        "arch": "cmx-b2",
+        "cases": [
+            f"{f}:{mode}:{p}:8"
+            for mode in ("infer", "train")
+            for f, p in (("jax", "fp32"), ("jax", "bf16"), ("torch", "fp32"), ("torch", "amp"))
+        ],
+    },
     "train_steps": 300,
     "profile_batches": {"train": 32, "infer": 64},
     "scene": {
@@ -93,6 +102,7 @@ SMOKE = {
     "size": 64,
     "cases": ["jax:infer:bf16:1", "jax:train:bf16:2", "torch:infer:amp:1", "torch:train:amp:2"],
     "repeats": 1,
+    "cmx": {"arch": "cmx-micro", "cases": ["jax:infer:fp32:1", "torch:infer:fp32:1"]},
     "train_steps": None,  # configs/demo.py:runlocal, with the micro model (`arch`)
     "profile_batches": {"train": 2, "infer": 2},
     "scene": {"arch": "micro", "side": 512 + 341, "cases": ["ours:2"], "budget_s": 300},
@@ -132,9 +142,9 @@ def environment() -> dict:
     }
 
 
-def parity() -> dict:
-    """The fixture under config.model.kernels='auto' (XLA's own ops off CPU)."""
-    return golden.full_report("auto")
+def parity(fixture: golden.Fixture = golden.ASANET) -> dict:
+    """A golden fixture under config.model.kernels='auto' (XLA's own ops off CPU)."""
+    return golden.full_report("auto", fixture)
 
 
 def training(steps: int | None, work: pathlib.Path, log: Log, arch: str = "tiny") -> dict:
@@ -168,11 +178,13 @@ def training(steps: int | None, work: pathlib.Path, log: Log, arch: str = "tiny"
     }
 
 
-def benchmarks(settings: dict, deadline: float, log: Log) -> dict:
+def benchmarks(settings: dict, deadline: float, log: Log, model: dict | None = None) -> dict:
+    """`settings`' cases of its model, or of `model` (``{"arch", "cases"}``) at its size."""
+    model = model or settings
     results, not_run = run.run_in_subprocesses(
-        settings["cases"],
+        model["cases"],
         settings["repeats"],
-        settings["arch"],
+        model["arch"],
         settings["size"],
         deadline=deadline,
         log=log,
@@ -246,10 +258,12 @@ def summary(report: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()),
         "",
     ]
-    p = report.get("parity")
-    if isinstance(p, dict) and "passed" in p:
+    for section, model in (("parity", "ASANet"), ("cmx_parity", "CMX")):
+        p = report.get(section)
+        if not (isinstance(p, dict) and "passed" in p):
+            continue
         lines += [
-            "## Parity with the official model (float32, highest precision)",
+            f"## Parity of {model} with the official model (float32, highest precision)",
             "",
             f"- worst output rel-L2 {p['worst_output']:.2e} (tolerance {golden.OUTPUT_TOL:g})",
             f"- worst gradient rel-L2 {p['worst_gradient']['rel_l2']:.2e} "
@@ -274,11 +288,12 @@ def summary(report: dict) -> str:
             f"{t['seconds_total']:.0f} s with data, compilation and evaluation.",
             "",
         ]
-    b = report.get("benchmarks")
-    if isinstance(b, dict) and b.get("results"):
-        lines += ["## Speed", "", run.table(b["results"], benchmark_env(report)), ""]
-        if b["not_run"]:
-            lines += ["Not run: " + "; ".join(b["not_run"]), ""]
+    for section in ("benchmarks", "cmx_benchmarks"):
+        b = report.get(section)
+        if isinstance(b, dict) and b.get("results"):
+            lines += ["## Speed", "", run.table(b["results"], benchmark_env(report)), ""]
+            if b["not_run"]:
+                lines += ["Not run: " + "; ".join(b["not_run"]), ""]
     s = report.get("scene")
     if isinstance(s, dict) and s.get("results"):
         from benchmarks import scene
@@ -314,7 +329,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=420, help="seconds before benchmark cases stop")
     p.add_argument(
         "--sections",
-        default="environment,parity,training,benchmarks,scene,profile",
+        default="environment,parity,cmx_parity,training,benchmarks,cmx_benchmarks,scene,profile",
         help="comma-separated subset to run",
     )
     args = p.parse_args(argv)
@@ -330,8 +345,10 @@ def main(argv=None) -> int:
         sections = {
             "environment": environment,
             "parity": parity,
+            "cmx_parity": lambda: parity(golden.CMX),
             "training": lambda: training(settings["train_steps"], work, log, settings["arch"]),
             "benchmarks": lambda: benchmarks(settings, deadline, log),
+            "cmx_benchmarks": lambda: benchmarks(settings, deadline, log, settings["cmx"]),
             "scene": lambda: scene_speed(settings, log),
             "profile": lambda: profile(settings, work),
         }
@@ -345,10 +362,15 @@ def main(argv=None) -> int:
             else:
                 log(f"{name} done")
             (out / "check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    if isinstance(report.get("benchmarks"), dict) and "environment" in report:
-        doc = {"environment": benchmark_env(report), "results": report["benchmarks"]["results"]}
-        (out / "gpu.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (out / "gpu.md").write_text(run.table(doc["results"], doc["environment"]))
+    for section, arch in (
+        ("benchmarks", settings["arch"]),
+        ("cmx_benchmarks", settings["cmx"]["arch"]),
+    ):
+        if isinstance(report.get(section), dict) and "environment" in report:
+            doc = {"environment": benchmark_env(report), "results": report[section]["results"]}
+            name = run.results_name("gpu", arch)
+            (out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+            (out / f"{name}.md").write_text(run.table(doc["results"], doc["environment"]))
     (out / "check.md").write_text(summary(report))
     print(summary(report))
     return 1 if report["errors"] else 0

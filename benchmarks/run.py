@@ -1,19 +1,23 @@
-"""Side-by-side speed of ASANet-tiny at 256x256: ours (JAX) against PyTorch.
+"""Side-by-side speed of ASANet-tiny and CMX-B2 at 256x256: ours (JAX) against PyTorch.
 
-    make bench                                   # full suite, this machine
+    make bench                                   # full suite, this machine, both models
     python -m benchmarks.run --infer-batches 1,8 --train-batches 8 --repeats 3
+    python -m benchmarks.run --model cmx-b2      # CMX-B2 against benchmarks/torch_cmx.py
 
 Every case runs in a fresh process, so peak memory is its own: resident set size on
 CPU, the accelerator's peak allocation on a GPU. Each case compiles ahead of time
 (JAX: ``jit(...).lower().compile()``; PyTorch on GPU: ``torch.compile``), warms up,
 blocks until ready, and reports the median of repeated runs. Results go to
-``benchmarks/results/<platform>.json`` and ``.md``.
+``benchmarks/results/<platform>.json`` and ``.md`` (ASANet-tiny) and
+``<platform>_<model>.json`` / ``.md`` for the other models.
 
 Cases: inference at batch 1, 8 and 64 and one training step (forward, backward,
 AdamW update) at batch 8 and 32. Ours in float32 and bfloat16 compute; PyTorch in
 float32 and AMP (bfloat16 autocast on CPU, float16 with a loss scaler on GPU), in
 channels_last memory format. Both models are randomly initialised with the same
-architecture (82,904,764 parameters); speed does not depend on the weights.
+architecture (ASANet-tiny 82,904,764 parameters, CMX-B2 66,563,982); speed does not depend
+on the weights. The PyTorch models (benchmarks/torch_asanet.py, torch_cmx.py) are checked
+against the official golden fixtures as ours are.
 """
 
 from __future__ import annotations
@@ -32,13 +36,44 @@ import time
 SIZE = 256
 NUM_CLASSES = 6
 RESULTS = pathlib.Path(__file__).parent / "results"
-# Architectures both frameworks build: the paper's, and the golden fixture's (smoke runs).
+# Models both frameworks build, as config.model fields: the paper's ASANet and CMX, and
+# the golden fixtures' sizes (smoke runs).
 MODELS = {
     "tiny": {},
     "micro": dict(
         depths=(1, 1, 2, 1), channels=(16, 32, 64, 128), decoder_channels=32, aux_channels=16
     ),
+    "cmx-b2": {"architecture": "cmx"},
+    "cmx-micro": dict(
+        architecture="cmx",
+        embed_dims=(16, 32, 64, 128),
+        num_heads=(1, 2, 2, 4),
+        depths=(1, 1, 2, 1),
+        decoder_channels=32,
+    ),
 }
+TITLES = {"tiny": "ASANet-tiny", "micro": "ASANet-micro", "cmx-b2": "CMX-B2"}
+
+
+def title(arch: str) -> str:
+    return TITLES.get(arch, arch)
+
+
+def results_name(platform_name: str, arch: str) -> str:
+    """'cpu' / 'gpu' for ASANet-tiny (the files the README quotes), else 'cpu_cmx-b2'..."""
+    return platform_name if arch == "tiny" else f"{platform_name}_{arch}"
+
+
+def torch_model(arch: str):
+    """(the PyTorch baseline of `arch`, its training loss)."""
+    fields = dict(MODELS[arch])
+    if fields.pop("architecture", "asanet") == "cmx":
+        from benchmarks.torch_cmx import TorchCMX, loss
+
+        return TorchCMX(**fields), loss
+    from benchmarks.torch_asanet import TorchASANet, loss
+
+    return TorchASANet(**fields), loss
 
 
 def peak_rss_mb() -> float:
@@ -71,10 +106,10 @@ def jax_step(mode: str, precision: str, batch: int, arch: str, size: int):
     from flax import nnx
 
     from asanet_jax.losses import segmentation_loss
-    from asanet_jax.models import ASANet
+    from asanet_jax.models import segmentor
 
     dtype = {"fp32": "float32", "bf16": "bfloat16"}[precision]
-    model = ASANet({**MODELS[arch], "dtype": dtype}, rngs=nnx.Rngs(0))
+    model = segmentor.build({**MODELS[arch], "dtype": dtype}, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     rgb = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
     sar = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
@@ -138,12 +173,11 @@ def run_jax(mode: str, precision: str, batch: int, repeats: int, arch: str, size
 def run_torch(mode: str, precision: str, batch: int, repeats: int, arch: str, size: int) -> dict:
     import torch
 
-    from benchmarks.torch_asanet import TorchASANet, loss
-
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
-    model = TorchASANet(**MODELS[arch]).to(dev).to(memory_format=torch.channels_last)
+    model, loss = torch_model(arch)
+    model = model.to(dev).to(memory_format=torch.channels_last)
     x = torch.randn(batch, 6, size, size, device=dev).to(memory_format=torch.channels_last)
     amp_dtype = torch.float16 if cuda else torch.bfloat16
     autocast = torch.autocast(dev.type, dtype=amp_dtype, enabled=precision == "amp")
@@ -294,7 +328,7 @@ def table(results: list[dict], env: dict) -> str:
     by_key = {(r["mode"], r["batch"], r["framework"], r["precision"]): r for r in results}
     arch, size = (results[0]["model"], results[0]["size"]) if results else ("tiny", SIZE)
     lines = [
-        f"ASANet-{arch}, {size}x{size}, images/s (median) and peak memory (MB). "
+        f"{title(arch)}, {size}x{size}, images/s (median) and peak memory (MB). "
         f"Machine: {env['accelerator'] or env['cpu']} ({env['cpu_cores']} CPU cores); "
         f"jax {env['jax']}, flax {env['flax']}, torch {env['torch']}.",
         "",
@@ -344,7 +378,7 @@ def main() -> None:
         c for c in cases(infer, train) if not args.only or all(s in c for s in args.only.split(","))
     ]
     results, _ = run_in_subprocesses(todo, args.repeats, args.model, args.size)
-    name = "gpu" if env["accelerator"] else "cpu"
+    name = results_name("gpu" if env["accelerator"] else "cpu", args.model)
     RESULTS.mkdir(exist_ok=True)
     previous = RESULTS / f"{name}.json"
     if args.only and previous.exists():

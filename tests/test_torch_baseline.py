@@ -1,9 +1,15 @@
 """The benchmarks' PyTorch baseline reproduces the official fixture as our model does."""
 
+import numpy as np
+import pytest
 import torch
 from conftest import GOLDEN, rel_l2
 
+from benchmarks import torch_cmx
 from benchmarks.torch_asanet import TorchASANet, loss
+from tests.support import golden
+
+CMX_GOLDEN = golden.CMX.path
 
 
 def _model():
@@ -43,3 +49,55 @@ def test_baseline_loss_and_gradients_match_official(golden_io, golden_grads):
     assert len(grads) == len(
         [k for k in golden_grads if not k.startswith("loss") and k != "labels"]
     )
+
+
+@pytest.fixture(scope="module")
+def cmx_io():
+    return dict(np.load(CMX_GOLDEN / "io.npz"))
+
+
+@pytest.fixture(scope="module")
+def cmx_grads():
+    return dict(np.load(CMX_GOLDEN / "grads.npz"))
+
+
+def _cmx_model():
+    model = torch_cmx.TorchCMX(**torch_cmx.MICRO)
+    state = torch.load(CMX_GOLDEN / "checkpoint.pth", weights_only=True)["state_dict"]
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def test_cmx_baseline_outputs_match_official(cmx_io):
+    model = _cmx_model()
+    for name in ("s128", "s96x136"):
+        with torch.no_grad():
+            out = model(torch.from_numpy(cmx_io[f"{name}.input"]))
+        refs = {f"feat{i}": out["features"][i] for i in range(4)}
+        refs.update(decode=out["decode"], logits=out["logits"])
+        for key, ours in refs.items():
+            ref = cmx_io[f"{name}.{key}"]
+            assert ours.shape == ref.shape, (name, key)
+            assert rel_l2(ours.numpy(), ref) <= 1e-4, (name, key)
+
+
+def test_cmx_baseline_loss_and_gradients_match_official(cmx_io, cmx_grads):
+    model = _cmx_model()
+    labels = torch.from_numpy(cmx_grads["labels"]).long()
+    total = torch_cmx.loss(model(torch.from_numpy(cmx_io["s128.input"])), labels)
+    total.backward()
+    for key in ("loss.total", "loss.decode.loss_ce"):  # decode CE is the whole loss
+        ref = float(cmx_grads[key])
+        assert abs(total.item() - ref) / ref <= 1e-5, key
+    params = dict(model.named_parameters())
+    recorded = {k[len("l2.") :] for k in cmx_grads if k.startswith("l2.")}
+    assert set(params) == recorded
+    for name, p in params.items():
+        grad = p.grad.numpy()
+        if f"g.{name}" in cmx_grads:  # whole gradient, else a sample at recorded indices
+            err = rel_l2(grad, cmx_grads[f"g.{name}"])
+        else:
+            err = rel_l2(grad.reshape(-1)[cmx_grads[f"idx.{name}"]], cmx_grads[f"val.{name}"])
+        assert err <= 1e-3, name
+        l2 = float(cmx_grads[f"l2.{name}"])
+        assert abs(np.linalg.norm(grad.astype(np.float64)) - l2) / l2 <= 1e-3, name

@@ -20,7 +20,7 @@ from micro import MICRO_MODEL
 
 from asanet_jax import checkpointing, metrics
 from asanet_jax.convert import layout, mapping
-from asanet_jax.models.asanet import ASANet, count_params
+from asanet_jax.models import ASANet, count_params, segmentor
 from asanet_jax.models.config import resolve
 from asanet_jax.train import checkpoints, optimizer, recipe, trainer
 
@@ -40,6 +40,10 @@ CONFIGS = [
         ("ablations", v)
         for v in ("sfm_cfm", "cfm", "sum", "sum_no_sfm", "optical_only", "sar_only")
     ],
+    ("cmx", "pie"),
+    ("cmx", "ddhr"),
+    ("cmx", "whu"),
+    ("cmx", "pie,runlocal,official_ddp"),
 ]
 
 
@@ -51,10 +55,13 @@ def load_config(name, arg=None):
 def test_every_config_loads_and_builds_its_model_abstractly(name, arg):
     config = load_config(name, arg)
     spec = resolve(config.model)
-    model = nnx.eval_shape(lambda: ASANet(spec, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: segmentor.build(spec, rngs=nnx.Rngs(0)))
     assert config.model.num_classes == config.data.num_classes
     if (name, arg) in (("pie", None), ("ablations", "sfm_cfm")):
         assert count_params(model) == 82_904_764
+    if name == "cmx" and arg in ("pie", "whu"):
+        # The official CMX-B2 (6 classes); WHU's 7th class adds a classifier row (512 + 1).
+        assert count_params(model) == 66_563_982 + 513 * (arg == "whu")
     if name == "ablations" and arg.endswith("_only"):
         assert spec.streams == (arg.split("_")[0],)
 

@@ -8,14 +8,17 @@ import collections
 import hashlib
 import pathlib
 
+import numpy as np
+
 from asanet_jax import __version__, checkpointing, errors
 from asanet_jax.checkpointing import check_replaceable, load_model_dir, save_model
+from asanet_jax.convert import cmx, imagenet_mit
 from asanet_jax.convert.imagenet import imagenet_arch, init_from_imagenet
 from asanet_jax.convert.mapping import MAPPING_VERSION
 from asanet_jax.convert.official import export_state_dict, load_state_dict
 from asanet_jax.convert.state_dicts import CheckpointError, read_state_dict, write_state_dict
 from asanet_jax.data import specs
-from asanet_jax.models.asanet import ASANet
+from asanet_jax.models import segmentor
 from asanet_jax.models.config import default_model_config, resolve
 
 OFFICIAL_DATASETS = specs.OFFICIAL  # the registry in asanet_jax/data/specs.py
@@ -43,6 +46,26 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def imagenet_config(state: dict, overrides: dict) -> dict:
+    """``config.model`` of a model whose streams an ImageNet backbone initialises: CMX for
+    a MiT (SegFormer) file, ASANet for a ConvNeXt V2 one, with its sizes and `overrides`."""
+    if imagenet_mit.is_mit(state):
+        cfg = default_model_config("cmx").to_dict()
+        sizes = imagenet_mit.imagenet_arch(state)
+        sizes["num_heads"] = cmx.heads_for(sizes["embed_dims"], overrides)
+    else:
+        cfg = default_model_config().to_dict()
+        depths, channels = imagenet_arch(state)
+        sizes = {"depths": depths, "channels": channels}
+    for field, value in overrides.items():
+        if field in sizes and tuple(np.atleast_1d(value)) != tuple(np.atleast_1d(sizes[field])):
+            raise CheckpointError(
+                f"--set {field}={value!r} contradicts the ImageNet weights, which have "
+                f"{sizes[field]!r}"
+            )
+    return {**cfg, **sizes, **overrides}
+
+
 def convert(args) -> pathlib.Path:
     src = pathlib.Path(args.torch_checkpoint)
     out = pathlib.Path(args.output).absolute()
@@ -64,11 +87,8 @@ def convert(args) -> pathlib.Path:
         else:
             from flax import nnx
 
-            depths, channels = imagenet_arch(state)
-            cfg = default_model_config().to_dict()
-            cfg.update(depths=depths, channels=channels, **overrides)
-            spec = resolve(cfg)
-            model = ASANet(spec, rngs=nnx.Rngs(params=args.seed, dropout=args.seed + 1))
+            spec = resolve(imagenet_config(state, overrides))
+            model = segmentor.build(spec, rngs=nnx.Rngs(params=args.seed, dropout=args.seed + 1))
             report = init_from_imagenet(model, state, allow_nonfinite=args.allow_nonfinite)
             model.eval()
     except (CheckpointError, ValueError) as e:
@@ -104,11 +124,7 @@ def convert(args) -> pathlib.Path:
     if narrowed:
         listed = ", ".join(f"{n} {d}" for d, n in narrowed.items())
         print(f"  stored {listed} source tensors as float32 (model.json records the source dtypes)")
-    c = model.config
-    print(
-        f"  model: {c.modalities}, depths {c.depths}, channels {c.channels}, "
-        f"{c.num_classes} classes, sfm={c.sfm}, fusion={c.fusion}"
-    )
+    print(f"  model: {model.config.describe()}")
     if report is not None:
         print(
             f"  {report['format']} ImageNet weights: {report['loaded']} tensors into "
@@ -128,7 +144,7 @@ def convert_main(argv=None) -> int:
 def convert_args(argv=None) -> argparse.Namespace:
     """The converter's flags, parsed (`convert` takes them)."""
     p = argparse.ArgumentParser(
-        description="Convert official ASANet (mmseg) or ImageNet ConvNeXt V2 weights "
+        description="Convert official ASANet or CMX (mmseg) or ImageNet ConvNeXt V2 / MiT weights "
         "into a model directory (orbax weights + model.json)."
     )
     p.add_argument("--torch_checkpoint", required=True, help=".pth/.pt/.bin or .safetensors")
@@ -137,16 +153,17 @@ def convert_args(argv=None) -> argparse.Namespace:
         "--kind",
         choices=("official", "imagenet"),
         default="official",
-        help="official: a trained mmseg segmentor (architecture inferred); imagenet: a "
-        "ConvNeXt V2 classifier (mmpretrain/FAIR/timm) that initialises every stream",
+        help="official: a trained mmseg segmentor, ASANet or CMX (architecture inferred); "
+        "imagenet: a classifier backbone that initialises every stream: ConvNeXt V2 "
+        "(mmpretrain/FAIR/timm) for ASANet, MiT (NVlabs SegFormer/mmseg) for CMX",
     )
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="config.model field the weights do not record, e.g. --set modalities=sar "
-        "or, for --kind imagenet, --set num_classes=7",
+        help="config.model field the weights do not record, e.g. --set modalities=sar, "
+        "--set num_heads='(1,2,5,8)' (CMX) or, for --kind imagenet, --set num_classes=7",
     )
     p.add_argument(
         "--dataset",
@@ -172,7 +189,7 @@ def convert_args(argv=None) -> argparse.Namespace:
 def export_main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description="Write a model directory as an official-format mmseg checkpoint "
-        "that loads strictly into the official PyTorch ASANet."
+        "that loads strictly into the official PyTorch model (ASANet or CMX)."
     )
     p.add_argument("--checkpoint", required=True, help="model directory")
     p.add_argument("--output", required=True, help=".pth (torch) or .safetensors file")

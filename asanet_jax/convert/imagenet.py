@@ -27,6 +27,7 @@ import re
 import numpy as np
 
 from asanet_jax import checkpointing, weights
+from asanet_jax.convert import imagenet_mit
 from asanet_jax.convert.inspection import foreign_family, stream_arch
 from asanet_jax.convert.layout import convnext_layout
 from asanet_jax.convert.mapping import stream_rules, to_flax_values
@@ -177,7 +178,10 @@ def load_imagenet_backbone(model, path) -> dict:
 def init_from_imagenet(
     model, state: dict[str, np.ndarray], *, allow_nonfinite: bool = False
 ) -> dict:
-    """``load_imagenet_backbone`` for a state_dict already in memory."""
+    """``load_imagenet_backbone`` for a state_dict already in memory: ConvNeXt V2 for
+    ASANet, MiT for CMX (``imagenet_mit``)."""
+    if model.config.architecture == "cmx":
+        return imagenet_mit.init_from_imagenet(model, state, allow_nonfinite=allow_nonfinite)
     backbone, skipped, fmt = to_mmpretrain_names(state)
     if not allow_nonfinite:
         check_finite(backbone)
@@ -212,8 +216,9 @@ def init_from_imagenet(
 
 def init_from(model, path, log=print) -> None:
     """Initialise every backbone stream of `model` in place from ImageNet weights: a raw
-    ConvNeXt V2 checkpoint (mmpretrain, FAIR or timm .pth/.safetensors) or a model
-    directory written by ``convert_torch_weights.py --kind imagenet``.
+    checkpoint (ASANet: ConvNeXt V2 in mmpretrain, FAIR or timm format; CMX: MiT in NVlabs
+    SegFormer or mmseg format; .pth/.safetensors) or a model directory written by
+    ``convert_torch_weights.py --kind imagenet``.
 
     Raises:
       CheckpointError: the weights do not fit the model's streams (naming the keys).
@@ -221,7 +226,11 @@ def init_from(model, path, log=print) -> None:
     path = pathlib.Path(path)
     if not path.is_dir():
         report = load_imagenet_backbone(model, path)
-        log(f"initialised {', '.join(report['streams'])} stream(s) from {path}: {report['format']}")
+        log(
+            f"initialised {', '.join(report['streams'])} stream(s) from {path}: "
+            f"{report['format']}, {report['loaded']} tensors; skipped {len(report['skipped'])} "
+            f"classifier keys; left at initialisation: {len(report['left_at_init'])}"
+        )
         return
     source, _, _ = checkpointing.load_model_dir(path)
     streams = tuple(f"{s}." for s in model.config.streams)

@@ -41,6 +41,8 @@ def stream_arch(state: dict, p: str) -> tuple[tuple[int, ...], tuple[int, ...], 
 _BLOCK = r"(?:backbone\.)?stages\.\d+\.(?:blocks\.)?\d+\."
 _BLOCK_DWCONV = _BLOCK + r"(?:dwconv|conv_dw|depthwise_conv)\.weight"
 _LAYER_SCALE = _BLOCK + r"gamma"
+# The first patch embedding of a MiT, NVlabs SegFormer's or mmseg's.
+_MIT_PATCH_EMBED = r"(?:backbone\.)?(?:patch_embed1\.proj|layers\.0\.0\.projection)\.weight"
 _USE_V2 = (
     "ASANet's streams are ConvNeXt V2; use a ConvNeXt V2 ImageNet checkpoint "
     "(mmpretrain, FAIR or timm format)"
@@ -74,6 +76,14 @@ def foreign_family(state: dict) -> tuple[str, str] | None:
             )
         return f"looks like a {hf.format('V1')}: {_USE_V2}", key
     what = None
+    if key := _first(
+        state, r"(?:backbone\.)?(?:patch_embed1\.proj|layers\.0\.0\.projection)\.weight"
+    ):
+        return (
+            "looks like a MiT (SegFormer) checkpoint, the ImageNet start of CMX's streams: "
+            "use it with a CMX model (config.model.architecture='cmx')",
+            key,
+        )
     if not has_grn and (key := _first(state, _BLOCK_DWCONV)):
         gamma = _first(state, _LAYER_SCALE)
         why = "layer-scale 'gamma' parameters, no GRN" if gamma else "no GRN parameters"

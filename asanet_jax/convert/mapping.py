@@ -18,7 +18,7 @@ import numpy as np
 
 from asanet_jax.weights import CheckpointError, mismatch_report
 
-MAPPING_VERSION = 1
+MAPPING_VERSION = 2  # 2: CMX's table (convert/cmx.py); ASANet's rules are unchanged
 
 
 def _oihw_to_hwio(w: np.ndarray) -> np.ndarray:
@@ -139,8 +139,12 @@ class Mapped:
     leaf: Leaf
 
 
-def map_key(key: str, rules: list[tuple[str, str, str]]) -> Mapped | None:
-    """Our variable path (and transforms) for a PyTorch key, or None if no rule matches."""
+def map_key(key: str, rules: list[tuple]) -> Mapped | None:
+    """Our variable path (and transforms) for a PyTorch key, or None if no rule matches.
+
+    A rule's template is a regex replacement (``r"sfms.\1.fc1"``) or a function of the
+    match, for renames a replacement cannot write (1-based stage names to 0-based).
+    """
     module, _, leaf_name = key.rpartition(".")
     for pattern, template, kind in rules:
         m = re.fullmatch(pattern, module)
@@ -148,7 +152,8 @@ def map_key(key: str, rules: list[tuple[str, str, str]]) -> Mapped | None:
             continue
         for leaf in KINDS[kind]:
             if leaf.torch == leaf_name:
-                return Mapped(f"{m.expand(template)}.{leaf.flax}", leaf)
+                target = template(m) if callable(template) else m.expand(template)
+                return Mapped(f"{target}.{leaf.flax}", leaf)
         return None
     return None
 

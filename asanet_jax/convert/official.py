@@ -1,4 +1,10 @@
-"""Official mmseg checkpoints <-> our model: architecture inference, strict load, export."""
+"""Official mmseg checkpoints <-> our model: architecture inference, strict load, export.
+
+Each architecture has its official key layout and its table to our variable paths
+(``layout_of``, ``rules_of``): ASANet's in layout.py and mapping.py, CMX's in cmx.py.
+The architecture itself is told from the keys: CMX's MiT streams have
+``backbone.patch_embed1`` and ``backbone.extra_patch_embed1``.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,13 @@ import collections
 
 import ml_collections
 import numpy as np
+from flax import nnx
 
+from asanet_jax.convert import cmx
 from asanet_jax.convert.inspection import count_indices, foreign_family, stream_arch
-from asanet_jax.convert.layout import official_layout
+from asanet_jax.convert.layout import Layout, official_layout
 from asanet_jax.convert.mapping import map_key, segmentor_rules, to_flax_values
 from asanet_jax.convert.state_dicts import read_state_dict
-from asanet_jax.models.asanet import ASANet
 from asanet_jax.models.config import LEGACY_MODALITIES, ModelConfig, resolve, to_config
 from asanet_jax.weights import (
     CheckpointError,
@@ -20,6 +27,21 @@ from asanet_jax.weights import (
     flat_weights,
     model_from_values,
 )
+
+
+def layout_of(config: ModelConfig) -> Layout:
+    """Every key of the official state_dict of ``config``'s model, in official order."""
+    return cmx.layout(config) if config.architecture == "cmx" else official_layout(config)
+
+
+def rules_of(config: ModelConfig) -> list[tuple]:
+    """The table from the official keys of ``config``'s model to our variable paths."""
+    return cmx.RULES if config.architecture == "cmx" else segmentor_rules(config.streams)
+
+
+def architecture_of(state: dict) -> str:
+    """'cmx' or 'asanet', from the backbone's keys."""
+    return "cmx" if cmx.is_cmx(state) else "asanet"
 
 
 def _describe(state: dict) -> str:
@@ -31,17 +53,28 @@ def infer_model_config(
 ) -> ml_collections.ConfigDict:
     """``config.model`` of an official mmseg checkpoint, from its keys and shapes alone.
 
-    Depths, channels, input bands, classes, decoder and aux widths, the aux head's
-    input stage, SFM on/off and CFM or sum are read from the weights. What no
-    weight records (the values of ``pool_scales``, ``drop_path_rate``, ``dropout``,
-    ``dtype``, and which modality a single-stream baseline takes) comes from
-    ``overrides`` or the defaults. An override that contradicts the weights is an
-    error, raised later by the strict shape check.
+    The architecture is told from the keys. For ASANet, depths, channels, input bands,
+    classes, decoder and aux widths, the aux head's input stage, SFM on/off and CFM or
+    sum are read from the weights. What no weight records (the values of
+    ``pool_scales``, ``drop_path_rate``, ``dropout``, ``dtype``, and which modality a
+    single-stream baseline takes) comes from ``overrides`` or the defaults. For CMX, the
+    MiT sizes, bands, classes and decoder width are read (the head counts are the MiT
+    variant's, see ``cmx.infer_config``). An override that contradicts the weights is an
+    error, raised here or by the strict shape check.
 
     Raises:
-      CheckpointError: the keys are not those of an official ASANet / UPerNet model.
+      CheckpointError: the keys are not those of an official ASANet / UPerNet / CMX model.
     """
     overrides = dict(overrides or {})
+    found = architecture_of(state)
+    asked = overrides.get("architecture", found)
+    if asked != found:
+        raise CheckpointError(
+            f"config.model.architecture={asked!r} contradicts the checkpoint, which is {found}'s"
+        )
+    if found == "cmx":
+        cfg = cmx.infer_config(state, overrides)
+        return _with_overrides(cfg, overrides)
     if "decode_head.conv_seg.weight" not in state:
         if family := foreign_family(state):
             raise CheckpointError(f"not an ASANet checkpoint: it {family[0]}")
@@ -117,6 +150,12 @@ def infer_model_config(
         )
     else:
         cfg["aux_channels"] = 0
+    return _with_overrides(cfg, overrides)
+
+
+def _with_overrides(cfg: dict, overrides: dict) -> ml_collections.ConfigDict:
+    """``cfg`` (read from the weights) completed by ``overrides``, which may add what the
+    weights do not record but not contradict them."""
     inferred = dict(cfg)
     for k, v in overrides.items():
         if (
@@ -140,7 +179,7 @@ def check_against_layout(state: dict[str, np.ndarray], config: ModelConfig) -> N
     Raises:
       CheckpointError: listing unconsumed, missing and shape-mismatched keys.
     """
-    expected = {k: s for k, s, _ in official_layout(config)}
+    expected = {k: s for k, s, _ in layout_of(config)}
     check_fit(expected, {k: np.shape(v) for k, v in state.items()}, all_required=True)
 
 
@@ -149,7 +188,7 @@ def load_state_dict(
     model_config: ml_collections.ConfigDict | dict | None = None,
     *,
     allow_nonfinite: bool = False,
-) -> tuple[ASANet, ml_collections.ConfigDict]:
+) -> tuple[nnx.Module, ml_collections.ConfigDict]:
     """``load_torch_checkpoint`` for a state_dict already in memory."""
     overrides = (
         model_config.to_dict()
@@ -161,7 +200,7 @@ def load_state_dict(
     check_against_layout(state, model_config)
     if not allow_nonfinite:
         check_finite(state)
-    values = to_flax_values(state, segmentor_rules(model_config.streams))
+    values = to_flax_values(state, rules_of(model_config))
     return model_from_values(model_config, values), config
 
 
@@ -170,7 +209,7 @@ def load_torch_checkpoint(
     model_config: ml_collections.ConfigDict | dict | None = None,
     *,
     allow_nonfinite: bool = False,
-) -> tuple[ASANet, ml_collections.ConfigDict]:
+) -> tuple[nnx.Module, ml_collections.ConfigDict]:
     """Model and ``config.model`` from an official mmseg checkpoint (.pth or .safetensors).
 
     The architecture is inferred from the keys and shapes; ``model_config`` may add
@@ -189,16 +228,16 @@ def load_torch_checkpoint(
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def export_state_dict(model: ASANet) -> collections.OrderedDict[str, np.ndarray]:
+def export_state_dict(model: nnx.Module) -> collections.OrderedDict[str, np.ndarray]:
     """The official mmseg state_dict of our model (numpy), in the official key order.
 
     The inverse of ``load_torch_checkpoint``: loading it back, or into the official
     PyTorch model with ``strict=True``, gives the same weights bit for bit.
     """
-    rules = segmentor_rules(model.config.streams)
+    rules = rules_of(model.config)
     ours = {k: np.asarray(v.get_value()) for k, v in flat_weights(model).items()}
     out = collections.OrderedDict()
-    for key, shape, dtype in official_layout(model.config):
+    for key, shape, dtype in layout_of(model.config):
         mapped = map_key(key, rules)
         value = mapped.leaf.to_torch(ours.pop(mapped.flax_path))
         assert value.shape == tuple(shape) and value.dtype == np.dtype(dtype), (key, value.shape)

@@ -1,14 +1,35 @@
-"""Flax NNX modules of ASANet and its parts."""
+"""Flax NNX modules of ASANet and the paper's comparison models, behind one interface
+(``segmentor.build``)."""
 
-from asanet_jax.models.asanet import ASANet, count_params
-from asanet_jax.models.config import ModelConfig, default_model_config, resolve, to_config
+from asanet_jax.models.asanet import ASANet
+from asanet_jax.models.cmx import CMX
+from asanet_jax.models.config import (
+    ARCHITECTURES,
+    ASANetConfig,
+    CMXConfig,
+    ModelConfig,
+    default_model_config,
+    resolve,
+    to_config,
+)
 from asanet_jax.models.convnext_v2 import VARIANTS, ConvNeXtV2
+from asanet_jax.models.mit import MIT_VARIANTS, MiT
+from asanet_jax.models.segmentor import MODULES, build, build_with_weights, count_params
 
 __all__ = [
+    "ARCHITECTURES",
+    "CMX",
+    "MIT_VARIANTS",
+    "MODULES",
     "VARIANTS",
     "ASANet",
+    "ASANetConfig",
+    "CMXConfig",
     "ConvNeXtV2",
+    "MiT",
     "ModelConfig",
+    "build",
+    "build_with_weights",
     "count_params",
     "default_model_config",
     "resolve",

@@ -12,10 +12,11 @@ import ml_collections
 from flax import nnx
 
 from asanet_jax.models import torch_ops
-from asanet_jax.models.config import ModelConfig, resolve
+from asanet_jax.models.config import ASANetConfig, resolve
 from asanet_jax.models.convnext_v2 import ConvNeXtV2
 from asanet_jax.models.fusion import CFM, SFM, SumFusion
 from asanet_jax.models.heads import FCNHead, UPerHead
+from asanet_jax.models.inputs import check_inputs
 
 F32 = jnp.float32
 
@@ -36,8 +37,12 @@ class ASANet(nnx.Module):
     ``model.eval()``.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict | dict | ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ml_collections.ConfigDict | dict | ASANetConfig, *, rngs: nnx.Rngs):
         config = resolve(config)
+        if not isinstance(config, ASANetConfig):
+            raise ValueError(
+                f"ASANet needs an ASANet config, got architecture {config.architecture!r}"
+            )
         self.config = config
         dtype = config.compute_dtype
         kernels = config.kernel_choice
@@ -94,32 +99,10 @@ class ASANet(nnx.Module):
             else None
         )
 
-    def _check_input(self, name: str, x, channels: int):
-        if x is None:
-            raise ValueError(f"modalities={self.config.modalities!r} needs the {name} input")
-        if x.ndim != 4 or x.shape[-1] != channels:
-            raise ValueError(
-                f"{name} input has shape {tuple(x.shape)}: expected NHWC (B, H, W, {channels})"
-            )
-        min_size = self.config.min_input_side
-        if x.shape[1] < min_size or x.shape[2] < min_size:
-            raise ValueError(
-                f"{name} input is {x.shape[1]}x{x.shape[2]}: the backbone downsamples by "
-                f"{min_size}, so H and W must be at least {min_size}"
-            )
-
     def encode(self, optical: jax.Array | None, sar: jax.Array | None) -> list[jax.Array]:
         """The fused map of every stage, finest first."""
         config = self.config
-        if self.optical is not None:
-            self._check_input("optical", optical, config.optical_channels)
-        if self.sar is not None:
-            self._check_input("sar", sar, config.sar_channels)
-        both = self.optical is not None and self.sar is not None
-        if both and optical.shape[:3] != sar.shape[:3]:
-            raise ValueError(
-                f"optical {tuple(optical.shape)} and sar {tuple(sar.shape)} differ in batch or size"
-            )
+        check_inputs(config, optical, sar)
         if self.fusions is None:
             stream, x = (self.optical, optical) if self.optical is not None else (self.sar, sar)
             return stream(jnp.asarray(x, F32))
@@ -152,29 +135,3 @@ class ASANet(nnx.Module):
         if self.aux_head is not None:
             out["aux_logits"] = self.aux_head(features[self.config.aux_in_index]).astype(F32)
         return out
-
-
-WEIGHTS = (nnx.Param, nnx.BatchStat)
-
-
-def build_with_weights(config: ModelConfig, fill, *, seed: int = 0) -> ASANet:
-    """A model whose parameters and BatchNorm statistics come from elsewhere.
-
-    ``fill`` receives the abstract weight State (ShapeDtypeStructs) and returns it
-    with concrete values. The weights are never randomly initialised; only the
-    dropout RNG streams are created (XLA drops the rest of init). Eval mode.
-    """
-
-    def make():
-        return ASANet(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
-
-    graphdef, weights, _ = nnx.split(nnx.eval_shape(make), WEIGHTS, ...)
-    rest = jax.jit(lambda: nnx.split(make(), WEIGHTS, ...)[2])()
-    model = nnx.merge(graphdef, fill(weights), rest)
-    model.eval()
-    return model
-
-
-def count_params(model: nnx.Module) -> int:
-    """Number of trainable parameters (BatchNorm statistics excluded)."""
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

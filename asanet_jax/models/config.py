@@ -1,6 +1,9 @@
-"""The model's configuration, ``config.model``: one dataclass holds every field, its
-default, its meaning and its validation; the ConfigDict that configs and the command
-line override is derived from it.
+"""The models' configuration, ``config.model``: per architecture, one dataclass holds every
+field, its default, its meaning and its validation; the ConfigDict that configs and the
+command line override is derived from it.
+
+``config.model.architecture`` names the architecture (``ARCHITECTURES``); a config without
+it (every model.json before asanet-jax 0.4) is ASANet's.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import ml_collections
 
 from asanet_jax.models.convnext_v2 import VARIANTS
 from asanet_jax.models.kernels import WINOGRAD_MIN_PIXELS, Kernels
+from asanet_jax.models.mit import MIT_VARIANTS
 
 MODALITIES = ("optical+sar", "optical", "sar")
 # model.json files and configs of asanet-jax 0.1 name the optical stream 'rgb'.
@@ -20,10 +24,71 @@ FUSIONS = ("cfm", "sum")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def _fail(config, field, expected):
+    raise ValueError(f"config.model.{field}={getattr(config, field)!r}: expected {expected}")
+
+
+def _set(config, field, value):
+    object.__setattr__(config, field, value)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """``config.model``, validated; the defaults are the paper's model (two ConvNeXt V2
-    tiny streams, SFM + CFM, UPerNet + FCN aux, 82,904,764 parameters).
+    """What every architecture's config has: the inputs, the classes and the arithmetic.
+
+    Subclasses add their own fields and validation (``ASANetConfig``, ``CMXConfig``).
+    """
+
+    architecture: str = "asanet"
+    num_classes: int = 6
+    optical_channels: int = 3  # input bands of each stream
+    sar_channels: int = 3
+    # Compute dtype; parameters stay float32, norms/GRN/softmax run in float32.
+    dtype: str = "float32"
+    # Which arithmetic for the operations XLA:CPU is slow at: 'auto' (the CPU formulations
+    # on CPU only, chosen at lowering), 'xla', 'cpu', or a subset such as
+    # 'depthwise+layernorm' (see kernels.py).
+    kernels: str = "auto"
+
+    def __post_init__(self):
+        for field in ("num_classes", "optical_channels", "sar_channels"):
+            if int(getattr(self, field)) < 1:
+                _fail(self, field, "a positive integer")
+            _set(self, field, int(getattr(self, field)))
+        if self.dtype not in DTYPES:
+            _fail(self, "dtype", f"one of {sorted(DTYPES)}")
+        Kernels.from_setting(self.kernels)  # raises naming the setting
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """('optical', 'sar'), or the one stream of a single-modality model."""
+        return ("optical", "sar")
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def min_input_side(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def kernel_choice(self) -> Kernels:
+        return Kernels.from_setting(self.kernels)
+
+    def describe(self) -> str:
+        """One line naming the architecture and its sizes (for the scripts' reports)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ASANetConfig(ModelConfig):
+    """ASANet's ``config.model``, validated; the defaults are the paper's model (two
+    ConvNeXt V2 tiny streams, SFM + CFM, UPerNet + FCN aux, 82,904,764 parameters), and
+    ``modalities`` gives the single-modality UPerNet baselines.
 
     ``depths``/``channels`` left empty take the ``backbone`` variant's; after
     construction they always hold the resolved values.
@@ -36,7 +101,6 @@ class ModelConfig:
     backbone: str = "tiny"
     depths: tuple[int, ...] = ()
     channels: tuple[int, ...] = ()
-    num_classes: int = 6
     decoder_channels: int = 256  # UPerNet width
     pool_scales: tuple[int, ...] = (1, 2, 3, 6)  # PPM bins
     # FCN auxiliary head on fused map `aux_in_index`; 0 channels = no aux head.
@@ -48,27 +112,23 @@ class ModelConfig:
     fusion: str = "cfm"
     # 'optical+sar' (ASANet) or 'optical' / 'sar' (the single-modality UPerNet baselines).
     modalities: str = "optical+sar"
-    optical_channels: int = 3  # input bands of each stream
-    sar_channels: int = 3
     drop_path_rate: float = 0.4  # training regularisation
     dropout: float = 0.1
-    # Compute dtype; parameters stay float32, norms/GRN/softmax run in float32.
-    dtype: str = "float32"
-    # Which arithmetic for the operations XLA:CPU is slow at: 'auto' (the CPU formulations
-    # on CPU only, chosen at lowering), 'xla', 'cpu', or a subset such as
-    # 'depthwise+layernorm' (see kernels.py).
-    kernels: str = "auto"
     # Under the CPU formulations, 3x3 convs on float32 maps of at least this many pixels
     # run as Winograd F(4x4, 3x3); 0 = every one.
     winograd_min_pixels: int = WINOGRAD_MIN_PIXELS
 
     def __post_init__(self):
+        super().__post_init__()
+
         def set_(field, value):
-            object.__setattr__(self, field, value)
+            _set(self, field, value)
 
         def fail(field, expected):
-            raise ValueError(f"config.model.{field}={getattr(self, field)!r}: expected {expected}")
+            _fail(self, field, expected)
 
+        if self.architecture != "asanet":
+            fail("architecture", "'asanet' for an ASANetConfig")
         set_("modalities", LEGACY_MODALITIES.get(self.modalities, self.modalities))
         depths, channels = tuple(self.depths or ()), tuple(self.channels or ())
         if bool(depths) != bool(channels):
@@ -86,9 +146,8 @@ class ModelConfig:
             fail("depths", "positive block counts")
         if any(c < 1 for c in self.channels):
             fail("channels", "positive widths")
-        for field in ("num_classes", "decoder_channels", "optical_channels", "sar_channels"):
-            if int(getattr(self, field)) < 1:
-                fail(field, "a positive integer")
+        if int(self.decoder_channels) < 1:
+            fail("decoder_channels", "a positive integer")
         if int(self.aux_channels) < 0:
             fail("aux_channels", "0 (no aux head) or a positive width")
         if not 0 <= int(self.aux_in_index) < len(self.depths):
@@ -111,19 +170,13 @@ class ModelConfig:
         for field in ("drop_path_rate", "dropout"):
             if not 0.0 <= float(getattr(self, field)) < 1.0:
                 fail(field, "a rate in [0, 1)")
-        if self.dtype not in DTYPES:
-            fail("dtype", f"one of {sorted(DTYPES)}")
-        Kernels.from_setting(self.kernels)  # raises naming the setting
         if int(self.winograd_min_pixels) < 0:
             fail("winograd_min_pixels", "a pixel count >= 0")
         for field in (
-            "num_classes",
             "decoder_channels",
             "aux_channels",
             "aux_in_index",
             "aux_num_convs",
-            "optical_channels",
-            "sar_channels",
             "winograd_min_pixels",
         ):
             set_(field, int(getattr(self, field)))
@@ -138,12 +191,7 @@ class ModelConfig:
 
     @property
     def streams(self) -> tuple[str, ...]:
-        """('optical', 'sar'), or the one stream of a single-modality model."""
         return tuple(self.modalities.split("+"))
-
-    @property
-    def compute_dtype(self):
-        return DTYPES[self.dtype]
 
     @property
     def min_input_side(self) -> int:
@@ -155,31 +203,149 @@ class ModelConfig:
     def kernel_choice(self) -> Kernels:
         return Kernels.from_setting(self.kernels, self.winograd_min_pixels)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def describe(self) -> str:
+        return (
+            f"ASANet, ConvNeXt V2 {self.backbone}: {self.modalities}, depths {self.depths}, "
+            f"channels {self.channels}, {self.num_classes} classes, sfm={self.sfm}, "
+            f"fusion={self.fusion}"
+        )
 
 
-def default_model_config() -> ml_collections.ConfigDict:
-    """The fields of ``ModelConfig`` with their defaults, as a ConfigDict to override."""
-    return ml_collections.ConfigDict({f.name: f.default for f in dataclasses.fields(ModelConfig)})
+@dataclasses.dataclass(frozen=True)
+class CMXConfig(ModelConfig):
+    """CMX's ``config.model`` (official ``RGBXTransformer`` + ``MLPDecoderHead``), validated;
+    the defaults are the official model (two MiT-B2 streams, FRM + FFM after every stage,
+    the all-MLP decoder of 512 channels, 66,563,982 parameters).
+
+    ``embed_dims``/``num_heads``/``depths`` left empty take the ``backbone`` variant's
+    (b0..b5, as in SegFormer); after construction they always hold the resolved values.
+
+    Raises (on construction):
+      ValueError: naming the field, its value and what was expected.
+    """
+
+    architecture: str = "cmx"
+    backbone: str = "b2"
+    embed_dims: tuple[int, ...] = ()
+    num_heads: tuple[int, ...] = ()
+    depths: tuple[int, ...] = ()
+    sr_ratios: tuple[int, ...] = (8, 4, 2, 1)  # attention's spatial reduction per stage
+    mlp_ratio: int = 4
+    decoder_channels: int = 512
+    drop_path_rate: float = 0.1  # training regularisation
+    dropout: float = 0.1
+    # The FFMs' BatchNorms are plain BatchNorm2d in the official code, so each GPU of the
+    # official 2-GPU run normalised over its own 4 images. 1 (default): statistics over
+    # the whole batch, as SyncBN; N > 1: over each of N equal consecutive parts of the
+    # batch, the running statistics following the first part's (DDP broadcasts rank 0's
+    # buffers). Reproduces the official run with 2, beside train.loss_replicas=2.
+    ffm_bn_replicas: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.architecture != "cmx":
+            _fail(self, "architecture", "'cmx' for a CMXConfig")
+        sizes = {k: tuple(getattr(self, k) or ()) for k in ("embed_dims", "num_heads", "depths")}
+        given = [k for k, v in sizes.items() if v]
+        if given and len(given) != 3:
+            missing = sorted(set(sizes) - set(given))
+            _fail(self, missing[0], "embed_dims, num_heads and depths to be set together")
+        if not given:
+            if self.backbone not in MIT_VARIANTS:
+                _fail(self, "backbone", f"one of {sorted(MIT_VARIANTS)} (or custom sizes)")
+            names = ("embed_dims", "num_heads", "depths")
+            sizes = dict(zip(names, MIT_VARIANTS[self.backbone], strict=True))
+        for k, v in sizes.items():
+            _set(self, k, tuple(int(x) for x in v))
+        _set(self, "sr_ratios", tuple(int(x) for x in self.sr_ratios or ()))
+        n = len(self.embed_dims)
+        if n != 4:
+            _fail(self, "embed_dims", "4 stages, as every MiT")
+        for k in ("num_heads", "depths", "sr_ratios"):
+            if len(getattr(self, k)) != n:
+                _fail(self, k, f"one value per stage, as embed_dims {self.embed_dims}")
+        for k in ("embed_dims", "num_heads", "depths", "sr_ratios"):
+            if any(x < 1 for x in getattr(self, k)):
+                _fail(self, k, "positive integers")
+        if any(c % h for c, h in zip(self.embed_dims, self.num_heads, strict=True)):
+            _fail(self, "num_heads", f"divisors of embed_dims {self.embed_dims}")
+        for k in ("mlp_ratio", "decoder_channels", "ffm_bn_replicas"):
+            if int(getattr(self, k)) < 1:
+                _fail(self, k, "a positive integer")
+            _set(self, k, int(getattr(self, k)))
+        for k in ("drop_path_rate", "dropout"):
+            if not 0.0 <= float(getattr(self, k)) < 1.0:
+                _fail(self, k, "a rate in [0, 1)")
+            _set(self, k, float(getattr(self, k)))
+        by_shape = (self.embed_dims, self.num_heads, self.depths)
+        name = next((k for k, v in MIT_VARIANTS.items() if v == by_shape), "custom")
+        _set(self, "backbone", name)
+
+    @property
+    def min_input_side(self) -> int:
+        """The smallest image height and width the model takes: every stage's map must be
+        at least as large as its attention's spatial-reduction kernel."""
+        side = 1
+        while not all(s >= r for s, r in zip(_mit_sizes(side), self.sr_ratios, strict=True)):
+            side += 1
+        return side
+
+    def describe(self) -> str:
+        return (
+            f"CMX, MiT-{self.backbone}: embed dims {self.embed_dims}, heads {self.num_heads}, "
+            f"depths {self.depths}, decoder {self.decoder_channels}, {self.num_classes} classes"
+        )
+
+
+def _mit_sizes(side: int) -> list[int]:
+    """A side's length after each MiT stage: a 7x7 stride-4 patch embedding padded by 3,
+    then 3x3 stride-2 ones padded by 1, as PyTorch's convolutions floor."""
+    sizes = [(side + 6 - 7) // 4 + 1]
+    for _ in range(3):
+        sizes.append((sizes[-1] + 2 - 3) // 2 + 1)
+    return sizes
+
+
+CONFIGS: dict[str, type[ModelConfig]] = {"asanet": ASANetConfig, "cmx": CMXConfig}
+ARCHITECTURES = tuple(CONFIGS)
+
+
+def default_model_config(architecture: str = "asanet") -> ml_collections.ConfigDict:
+    """The fields of an architecture's config with their defaults, as a ConfigDict to
+    override."""
+    cls = _config_class(architecture)
+    return ml_collections.ConfigDict({f.name: f.default for f in dataclasses.fields(cls)})
+
+
+def _config_class(architecture) -> type[ModelConfig]:
+    if architecture not in CONFIGS:
+        raise ValueError(
+            f"config.model.architecture={architecture!r}: expected one of {ARCHITECTURES}"
+        )
+    return CONFIGS[architecture]
 
 
 def resolve(config: ml_collections.ConfigDict | dict | ModelConfig) -> ModelConfig:
-    """A validated ``ModelConfig`` from ``config.model`` (a ConfigDict or dict).
+    """The validated config of ``config.model`` (a ConfigDict or dict), of the class its
+    ``architecture`` names (ASANet's when it names none).
 
     Raises:
-      ValueError: an unknown field, or a value that does not fit (naming it).
+      ValueError: an unknown architecture or field, or a value that does not fit (naming it).
     """
     if isinstance(config, ModelConfig):
         return config
     given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    cls = _config_class(given.setdefault("architecture", "asanet"))
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(given) - known)
     if unknown:
-        raise ValueError(f"config.model has unknown fields {unknown}; known: {sorted(known)}")
-    return ModelConfig(**given)
+        raise ValueError(
+            f"config.model has unknown fields {unknown} for architecture "
+            f"{given['architecture']!r}; known: {sorted(known)}"
+        )
+    return cls(**given)
 
 
 def to_config(config: ModelConfig) -> ml_collections.ConfigDict:
-    """The ConfigDict that resolves to ``config`` (custom depths/channels spelled out)."""
+    """The ConfigDict that resolves to ``config`` (custom sizes spelled out)."""
     return ml_collections.ConfigDict(config.to_dict())

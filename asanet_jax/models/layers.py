@@ -91,13 +91,21 @@ class BatchNorm(nnx.Module):
     layer instead normalises with the running statistics and leaves them
     unchanged for that step.
 
+    ``replicas`` > 1 is plain ``nn.BatchNorm2d`` under N-GPU DDP instead: in training the
+    batch is split into N equal consecutive parts, each normalised with its own
+    statistics, and the running statistics follow the first part's (DDP broadcasts rank
+    0's buffers before every forward pass). Evaluation is the same either way.
+
     Train/eval follows NNX modes: ``use_running_average`` is set by
     ``model.eval()`` / ``model.train()``.
     """
 
-    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(
+        self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1, replicas: int = 1
+    ):
         self.eps = eps
         self.momentum = momentum
+        self.replicas = replicas
         self.use_running_average = False
         self.scale = nnx.Param(jnp.ones((num_features,), F32))
         self.bias = nnx.Param(jnp.zeros((num_features,), F32))
@@ -108,20 +116,28 @@ class BatchNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(F32)
-        n = x.size // x.shape[-1]
+        parts = 1 if self.use_running_average else self.replicas
+        if x.shape[0] % parts:
+            raise ValueError(
+                f"a BatchNorm over {parts} replicas cannot split a batch of {x.shape[0]} "
+                "into equal parts (config.model.ffm_bn_replicas)"
+            )
+        # (parts, B / parts, ..., C): statistics per part.
+        x32 = x32.reshape(parts, x.shape[0] // parts, *x.shape[1:])
+        n = x32[0].size // x.shape[-1]
         if self.use_running_average or n == 1:
             mean, var = self.mean[...], self.var[...]
         else:
-            axes = tuple(range(x.ndim - 1))
-            mean = x32.mean(axes)
-            var = jnp.square(x32 - mean).mean(axes)
+            axes = tuple(range(1, x32.ndim - 1))
+            mean = x32.mean(axes, keepdims=True)
+            var = jnp.square(x32 - mean).mean(axes, keepdims=True)
+            first_mean, first_var = (jax.lax.stop_gradient(s[0]).reshape(-1) for s in (mean, var))
             m = self.momentum
-            self.mean.set_value((1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean))
-            unbiased = jax.lax.stop_gradient(var) * (n / (n - 1))
-            self.var.set_value((1 - m) * self.var[...] + m * unbiased)
+            self.mean.set_value((1 - m) * self.mean[...] + m * first_mean)
+            self.var.set_value((1 - m) * self.var[...] + m * first_var * (n / (n - 1)))
             self.num_batches_tracked.set_value(self.num_batches_tracked[...] + 1)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+        return (y * self.scale[...] + self.bias[...]).reshape(x.shape).astype(x.dtype)
 
 
 class GRN(nnx.Module):

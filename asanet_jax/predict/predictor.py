@@ -18,7 +18,6 @@ import jax
 import numpy as np
 from flax import nnx
 
-from asanet_jax.models.asanet import ASANet
 from asanet_jax.models.config import ModelConfig
 
 Predict = Callable[[np.ndarray, np.ndarray], jax.Array]
@@ -53,7 +52,7 @@ class Predictor:
     caller's model is left as it is (its mode included).
     """
 
-    def __init__(self, model: ASANet, mesh: jax.sharding.Mesh | None = None):
+    def __init__(self, model: nnx.Module, mesh: jax.sharding.Mesh | None = None):
         graphdef, state = nnx.split(model)
         view = nnx.merge(graphdef, state)  # shares the arrays, not the mode
         view.eval()

@@ -108,8 +108,8 @@ def plan_windows(height, width, window: int, stride: int | None, min_side: int, 
     side, so a scene within one window is whole-image inference."""
     if min(height, width) < min_side:
         raise io.DataError(
-            f"{where} is {height}x{width} pixels; the model downsamples by {min_side}, so "
-            f"a scene must be at least {min_side}x{min_side}"
+            f"{where} is {height}x{width} pixels; the model's stages need a scene of at "
+            f"least {min_side}x{min_side}"
         )
     stride = stride or default_stride(window)
     if window < min_side or not 0 < stride <= window:

@@ -1,14 +1,20 @@
-"""The official optimiser: AdamW with stage-wise learning-rate decay and weight-decay
-exemptions, under linear warm-up then poly decay (docs/design.md, section 6).
+"""The official optimisers: AdamW (ASANet, CMX) with per-architecture parameter groups,
+under mmengine's chained warm-up and poly decay (docs/design.md, section 6).
 
-Parameter groups are rules over our own parameter paths (big_vision's way), tested to
-equal the official mmseg groups for every parameter of the paper's model:
+Parameter groups are rules over our own parameter paths (big_vision's way), declared per
+architecture in ``LAYER_RULES`` and tested to equal the official groups for every
+parameter:
 
-- learning-rate scale ``layer_decay ** (NUM_LAYERS - 1 - id)``, where id is 0 for the
+- learning-rate scale ``layer_decay ** (NUM_LAYERS - 1 - id)``. For ASANet id is 0 for the
   downsample layers (stem included) of every stream, ``i + 1`` for the blocks of stage
   ``i``, and ``NUM_LAYERS - 1`` for everything else (stage norms, SFM, CFM, heads); with
-  decay 0.9 and 8 layers that is ``0.9 ** (7 - id)``;
-- no weight decay on 1-D parameters (norm scales, GRN, BatchNorm) and biases.
+  decay 0.9 and 8 layers that is ``0.9 ** (7 - id)``. CMX's official recipe has no layer
+  decay (``optim.layer_decay = 1``); its rules give the MiT streams the same ids (patch
+  embeddings 0, the blocks of stage ``i`` ``i + 1``), so that a decay other than 1 means
+  the same thing for both;
+- no weight decay on 1-D parameters (norm scales, GRN, BatchNorm) and biases: for CMX
+  that is mmengine's ``norm_decay_mult=0, bias_decay_mult=0``, since its only 1-D
+  parameters are norms' and biases.
 """
 
 from __future__ import annotations
@@ -22,17 +28,25 @@ import optax
 from flax import nnx
 
 NUM_LAYERS = 8  # ids 0..7: downsample (0), stages 0..3 (1..4), rest (7)
-# (pattern over our parameter path, layer id or a function of the match); first match wins.
-LAYER_RULES = (
-    (r"(optical|sar)\.downsample_layers\..+", lambda m: 0),
-    (r"(optical|sar)\.stages\.(\d+)\..+", lambda m: int(m[2]) + 1),
-    (r".+", lambda m: NUM_LAYERS - 1),
-)
+# Per architecture: (pattern over our parameter path, layer id or a function of the
+# match); first match wins.
+LAYER_RULES = {
+    "asanet": (
+        (r"(optical|sar)\.downsample_layers\..+", lambda m: 0),
+        (r"(optical|sar)\.stages\.(\d+)\..+", lambda m: int(m[2]) + 1),
+        (r".+", lambda m: NUM_LAYERS - 1),
+    ),
+    "cmx": (
+        (r"(optical|sar)\.patch_embeds\..+", lambda m: 0),
+        (r"(optical|sar)\.blocks\.(\d+)\..+", lambda m: int(m[2]) + 1),
+        (r".+", lambda m: NUM_LAYERS - 1),
+    ),
+}
 
 
-def layer_id(path: str) -> int:
+def layer_id(path: str, architecture: str = "asanet") -> int:
     """The stage id of one of our parameter paths (``optical.stages.2.0.norm.scale`` -> 3)."""
-    for pattern, rule in LAYER_RULES:
+    for pattern, rule in LAYER_RULES[architecture]:
         if m := re.fullmatch(pattern, path):
             return rule(m)
     raise AssertionError("the last rule matches every path")
@@ -43,12 +57,15 @@ def decays(path: str, shape: tuple[int, ...]) -> bool:
     return not (len(shape) == 1 or path.endswith(".bias"))
 
 
-def parameter_groups(params: nnx.State, layer_decay: float) -> tuple[nnx.State, nnx.State]:
+def parameter_groups(
+    params: nnx.State, layer_decay: float, architecture: str = "asanet"
+) -> tuple[nnx.State, nnx.State]:
     """(learning-rate scale, weight decay on?) for every parameter, as two trees like
     `params` (an nnx.State of nnx.Param)."""
 
     scales = jax.tree_util.tree_map_with_path(
-        lambda p, _: layer_decay ** (NUM_LAYERS - 1 - layer_id(_path_name(p))), params
+        lambda p, _: layer_decay ** (NUM_LAYERS - 1 - layer_id(_path_name(p), architecture)),
+        params,
     )
     decay_mask = jax.tree_util.tree_map_with_path(
         lambda p, v: decays(_path_name(p), v.shape), params
@@ -57,26 +74,53 @@ def parameter_groups(params: nnx.State, layer_decay: float) -> tuple[nnx.State, 
 
 
 def warmup_poly_schedule(
-    lr: float, warmup_steps: int, total_steps: int, warmup_factor: float = 1e-6, power: float = 1.0
+    lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    warmup_factor: float = 1e-6,
+    power: float = 1.0,
+    *,
+    poly_start: int | None = None,
+    eta_min: float = 0.0,
 ) -> optax.Schedule:
     """The learning rate of iteration t (0-based) under mmengine's
-    LinearLR(start_factor, begin=0, end=W) then PolyLR(power, eta_min=0, begin=W, end=T).
+    LinearLR(start_factor=s, begin=0, end=W) and PolyLR(power, eta_min, begin=P, end=T),
+    stepped together as mmengine chains them (P = W when ``poly_start`` is None).
 
-    Both mmengine schedulers count ``end - begin - 1`` steps, so the rate is full at
-    t = W - 1 and exactly 0 at t = T - 1, the last iteration::
+    Both mmengine schedulers count ``end - begin - 1`` steps, so the warm-up is full at
+    t = W - 1 and the poly decay reaches ``eta_min`` at t = T - 1, the last iteration.
+    Chained schedulers multiply their factors, so where the two overlap (P < W: CMX's
+    recipe, 1000 against 1500) the rate is their product and never reaches ``lr``::
 
-        t <  W:  lr * (s + (1 - s) * t / (W - 1))
-        t >= W:  lr * ((T - 1 - t) / (T - W - 1)) ** power
+        warm(t) = s + (1 - s) * min(t, W - 1) / (W - 1)        (1 when W = 0)
+        poly(t) = ((T - 1 - t) / (T - P - 1)) ** power          for t >= P, else 1
+        lr(t)   = eta_min + (lr * warm(t) - eta_min) * poly(t)
+
+    With ``eta_min`` > 0 the poly decay must start after the warm-up (P >= W), where
+    mmengine's chain has this closed form (mmseg's schedule_80k: W = 0).
+
+    Raises:
+      ValueError: ``eta_min`` > 0 with a poly decay that starts inside the warm-up.
     """
+    poly_start = warmup_steps if poly_start is None else int(poly_start)
+    if eta_min and poly_start < warmup_steps:
+        raise ValueError(
+            f"config.optim.eta_min={eta_min!r} with config.optim.poly_start={poly_start} inside "
+            f"the {warmup_steps}-step warm-up: expected eta_min=0 or poly_start >= warmup_steps"
+        )
     last_warm = max(warmup_steps - 1, 1)
-    decay_span = max(total_steps - warmup_steps - 1, 1)
+    decay_span = max(total_steps - poly_start - 1, 1)
 
     def schedule(step):
         t = jnp.asarray(step, jnp.float32)
-        warm = warmup_factor + (1.0 - warmup_factor) * t / last_warm
+        if warmup_steps:
+            warm = warmup_factor + (1.0 - warmup_factor) * jnp.minimum(t, last_warm) / last_warm
+        else:
+            warm = 1.0
         # Remaining fraction as (T - 1 - t) / span: exact near the end in float32.
         remaining = jnp.clip((total_steps - 1 - t) / decay_span, 0.0, 1.0)
-        return lr * jnp.where(t < warmup_steps, warm, remaining**power)
+        poly = jnp.where(t < poly_start, 1.0, remaining**power)
+        return eta_min + (lr * warm - eta_min) * poly
 
     return schedule
 
@@ -88,12 +132,22 @@ def _path_name(path) -> str:
 
 
 def make_optimizer(
-    params: nnx.State, optim: ml_collections.ConfigDict, total_steps: int
+    params: nnx.State,
+    optim: ml_collections.ConfigDict,
+    total_steps: int,
+    architecture: str = "asanet",
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with the official groups over `params` (an nnx.State of nnx.Param)."""
-    scales, decay_mask = parameter_groups(params, optim.layer_decay)
+    """AdamW with the official groups of ``architecture`` over `params` (an nnx.State of
+    nnx.Param)."""
+    scales, decay_mask = parameter_groups(params, optim.layer_decay, architecture)
     schedule = warmup_poly_schedule(
-        optim.lr, optim.warmup_steps, total_steps, optim.warmup_factor, optim.power
+        optim.lr,
+        optim.warmup_steps,
+        total_steps,
+        optim.warmup_factor,
+        optim.power,
+        poly_start=optim.get("poly_start"),
+        eta_min=optim.get("eta_min", 0.0),
     )
     transforms = []
     if optim.get("grad_clip_norm"):

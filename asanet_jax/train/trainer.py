@@ -23,8 +23,9 @@ from asanet_jax.convert import imagenet
 from asanet_jax.data import build, pipeline, transforms
 from asanet_jax.labels import IGNORE
 from asanet_jax.losses import segmentation_loss
-from asanet_jax.models.asanet import WEIGHTS, ASANet
+from asanet_jax.models import segmentor
 from asanet_jax.models.config import resolve
+from asanet_jax.models.segmentor import WEIGHTS
 from asanet_jax.predict.predictor import logits, stream_inputs
 from asanet_jax.train import checkpoints, optimizer, sharding
 from asanet_jax.train import workdir as workdirs
@@ -51,7 +52,7 @@ def create_state(config, mesh, tx_factory) -> tuple[TrainState, object, optax.Sc
     seed = config.train.seed
 
     def make():
-        return ASANet(model_config, rngs=nnx.Rngs(seed))
+        return segmentor.build(model_config, rngs=nnx.Rngs(seed))
 
     abstract = nnx.eval_shape(make)
     abstract.train()
@@ -200,9 +201,22 @@ def check_settings(config: ml_collections.ConfigDict, mesh) -> None:
             f"config.train.loss_replicas={t.loss_replicas!r}: expected a positive divisor of "
             f"config.train.batch_size={t.batch_size}"
         )
+    bn_replicas = config.model.get("ffm_bn_replicas", 1)
+    if int(bn_replicas) < 1 or int(t.batch_size) % int(bn_replicas):
+        raise ValueError(
+            f"config.model.ffm_bn_replicas={bn_replicas!r}: expected a positive divisor of "
+            f"config.train.batch_size={t.batch_size}"
+        )
     for field, value in config.optim.items():
         if isinstance(value, float) and not np.isfinite(value):
             raise ValueError(f"config.optim.{field}={value!r}: expected a finite number")
+    poly_start = config.optim.get("poly_start")
+    if poly_start is not None and not 0 <= int(poly_start) < int(config.optim.total_steps):
+        raise ValueError(
+            f"config.optim.poly_start={poly_start!r}: expected a step in [0, "
+            f"config.optim.total_steps={config.optim.total_steps}); the poly decay would "
+            "never begin"
+        )
     if not float(config.optim.lr) > 0:
         raise ValueError(f"config.optim.lr={config.optim.lr!r}: expected a positive rate")
     devices = mesh.devices.size
@@ -309,7 +323,9 @@ def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | 
     )
 
     def tx_factory(params):
-        return optimizer.make_optimizer(params, config.optim, config.optim.total_steps)
+        return optimizer.make_optimizer(
+            params, config.optim, config.optim.total_steps, model_config.architecture
+        )
 
     train_state, tx, schedule = create_state(config, mesh, tx_factory)
     ckpt = checkpoints.TrainCheckpoints(workdir, config.train.keep_checkpoints)
