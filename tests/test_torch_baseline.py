@@ -9,9 +9,6 @@ from benchmarks import torch_cmx
 from benchmarks.torch_asanet import TorchASANet, loss
 from tests.support import golden
 
-CMX_GOLDEN = golden.CMX.path
-
-
 def _model():
     model = TorchASANet(
         depths=(1, 1, 2, 1), channels=(16, 32, 64, 128), decoder_channels=32, aux_channels=16
@@ -52,23 +49,20 @@ def test_baseline_loss_and_gradients_match_official(golden_io, golden_grads):
 
 
 @pytest.fixture(scope="module")
-def cmx_io():
-    return dict(np.load(CMX_GOLDEN / "io.npz"))
-
-
-@pytest.fixture(scope="module")
-def cmx_grads():
-    return dict(np.load(CMX_GOLDEN / "grads.npz"))
+def cmx_golden():
+    """(io, grads) of the official CMX fixture."""
+    return golden.load(golden.CMX)
 
 
 def _cmx_model():
     model = torch_cmx.TorchCMX(**torch_cmx.MICRO)
-    state = torch.load(CMX_GOLDEN / "checkpoint.pth", weights_only=True)["state_dict"]
+    state = torch.load(golden.CMX.checkpoint, weights_only=True)["state_dict"]
     model.load_state_dict(state, strict=True)
     return model.eval()
 
 
-def test_cmx_baseline_outputs_match_official(cmx_io):
+def test_cmx_baseline_outputs_match_official(cmx_golden):
+    cmx_io, _ = cmx_golden
     model = _cmx_model()
     for name in ("s128", "s96x136"):
         with torch.no_grad():
@@ -81,7 +75,8 @@ def test_cmx_baseline_outputs_match_official(cmx_io):
             assert rel_l2(ours.numpy(), ref) <= 1e-4, (name, key)
 
 
-def test_cmx_baseline_loss_and_gradients_match_official(cmx_io, cmx_grads):
+def test_cmx_baseline_loss_and_gradients_match_official(cmx_golden):
+    cmx_io, cmx_grads = cmx_golden
     model = _cmx_model()
     labels = torch.from_numpy(cmx_grads["labels"]).long()
     total = torch_cmx.loss(model(torch.from_numpy(cmx_io["s128.input"])), labels)
@@ -90,14 +85,11 @@ def test_cmx_baseline_loss_and_gradients_match_official(cmx_io, cmx_grads):
         ref = float(cmx_grads[key])
         assert abs(total.item() - ref) / ref <= 1e-5, key
     params = dict(model.named_parameters())
-    recorded = {k[len("l2.") :] for k in cmx_grads if k.startswith("l2.")}
-    assert set(params) == recorded
+    recorded = golden.reference_gradients(cmx_grads)
+    assert set(params) == set(recorded)
     for name, p in params.items():
         grad = p.grad.numpy()
-        if f"g.{name}" in cmx_grads:  # whole gradient, else a sample at recorded indices
-            err = rel_l2(grad, cmx_grads[f"g.{name}"])
-        else:
-            err = rel_l2(grad.reshape(-1)[cmx_grads[f"idx.{name}"]], cmx_grads[f"val.{name}"])
-        assert err <= 1e-3, name
+        # The whole gradient, or a sample at the recorded indices and the recorded norm.
+        assert golden.gradient_error(grad, recorded[name]) <= 1e-3, name
         l2 = float(cmx_grads[f"l2.{name}"])
         assert abs(np.linalg.norm(grad.astype(np.float64)) - l2) / l2 <= 1e-3, name

@@ -28,7 +28,7 @@ import numpy as np
 
 from asanet_jax import checkpointing, weights
 from asanet_jax.convert import imagenet_mit
-from asanet_jax.convert.inspection import foreign_family, stream_arch
+from asanet_jax.convert.inspection import foreign_family, stream_arch, unknown_keys_error
 from asanet_jax.convert.layout import convnext_layout
 from asanet_jax.convert.mapping import stream_rules, to_flax_values
 from asanet_jax.convert.state_dicts import read_state_dict
@@ -152,10 +152,7 @@ def to_mmpretrain_names(state: dict[str, np.ndarray]) -> tuple[dict, list[str], 
         else:
             unknown.append(key)
     if unknown:
-        raise CheckpointError(
-            f"{fmt} checkpoint: {len(unknown)} keys that belong to no ConvNeXt V2 backbone "
-            "or classifier:\n" + "\n".join(f"    {k}" for k in unknown[:40])
-        )
+        raise unknown_keys_error(fmt, "ConvNeXt V2", unknown)
     return out, skipped, fmt
 
 

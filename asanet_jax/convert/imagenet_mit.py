@@ -22,6 +22,7 @@ import numpy as np
 
 from asanet_jax import weights
 from asanet_jax.convert.cmx import mit_arch, mit_rules, mit_stream_layout
+from asanet_jax.convert.inspection import unknown_keys_error
 from asanet_jax.convert.mapping import to_flax_values
 from asanet_jax.weights import CheckpointError, check_finite
 
@@ -118,10 +119,7 @@ def to_nvlabs_names(state: dict[str, np.ndarray]) -> tuple[dict, list[str], str]
             else:
                 unknown.append(key)
     if unknown:
-        raise CheckpointError(
-            f"{fmt} checkpoint: {len(unknown)} keys that belong to no MiT backbone or "
-            "classifier:\n" + "\n".join(f"    {k}" for k in unknown[:40])
-        )
+        raise unknown_keys_error(fmt, "MiT", unknown)
     return out, skipped, fmt
 
 

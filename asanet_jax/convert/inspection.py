@@ -20,6 +20,15 @@ def count_indices(state: dict, pattern: str) -> int:
     return len(found)
 
 
+def unknown_keys_error(fmt: str, family: str, keys: list[str]) -> CheckpointError:
+    """The error for keys of an ImageNet checkpoint that belong to no `family` backbone or
+    classifier (40 listed at most)."""
+    return CheckpointError(
+        f"{fmt} checkpoint: {len(keys)} keys that belong to no {family} backbone or "
+        "classifier:\n" + "\n".join(f"    {k}" for k in keys[:40])
+    )
+
+
 def stream_arch(state: dict, p: str) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     """(depths, channels, input bands) of the mmpretrain ConvNeXt under prefix ``p``."""
     n = count_indices(state, rf"{re.escape(p)}\.downsample_layers\.(\d+)\.\d\.weight")

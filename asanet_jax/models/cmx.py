@@ -17,11 +17,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from asanet_jax.models import torch_ops
 from asanet_jax.models.config import CMXConfig, resolve
+from asanet_jax.models.convnext_v2 import drop_path_rates
 from asanet_jax.models.inputs import check_inputs
 from asanet_jax.models.layers import BatchNorm, DepthwiseConv, LayerNorm, conv
 from asanet_jax.models.mit import TORCH_EPS, MiT, linear
@@ -39,16 +39,11 @@ def cmx_drop_path_rates(depths, max_rate: float) -> tuple[list[list[float]], lis
     every block of the second ``dpr[cur + 1]``: the official code drops the ``+ i`` there
     and shifts the second stream by one.
     """
-    dpr = np.linspace(0.0, max_rate, sum(depths)).tolist()
-    optical, sar, cur = [], [], 0
-    for i, d in enumerate(depths):
-        if i == 1:
-            optical.append([dpr[cur]] * d)
-            sar.append([dpr[cur + 1]] * d)
-        else:
-            optical.append(dpr[cur : cur + d])
-            sar.append(dpr[cur : cur + d])
-        cur += d
+    optical = drop_path_rates(depths, max_rate)
+    sar = [list(stage) for stage in optical]
+    dpr = [rate for stage in optical for rate in stage]
+    cur, d = depths[0], depths[1]
+    optical[1], sar[1] = [dpr[cur]] * d, [dpr[cur + 1]] * d
     return optical, sar
 
 
