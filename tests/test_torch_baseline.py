@@ -9,6 +9,7 @@ from benchmarks import torch_cmx
 from benchmarks.torch_asanet import TorchASANet, loss
 from tests.support import golden
 
+
 def _model():
     model = TorchASANet(
         depths=(1, 1, 2, 1), channels=(16, 32, 64, 128), decoder_channels=32, aux_channels=16
