@@ -30,6 +30,12 @@ def cmx_state():
 
 
 @pytest.fixture(scope="module")
+def abstract_b2():
+    """The default CMX (MiT-B2), shapes only."""
+    return nnx.eval_shape(lambda: segmentor.build({"architecture": "cmx"}, rngs=nnx.Rngs(0)))
+
+
+@pytest.fixture(scope="module")
 def cmx_io():
     return golden.load(FIXTURE)
 
@@ -215,9 +221,9 @@ def test_export_writes_the_official_state_dict_key_for_key_and_bit_for_bit(cmx_s
     )
 
 
-def test_b2_has_the_official_parameter_count_and_the_default_is_b2():
+def test_b2_has_the_official_parameter_count_and_the_default_is_b2(abstract_b2):
     """66,563,982: the official CMX-B2 PIE model, built by the genuine code (no aux head)."""
-    model = nnx.eval_shape(lambda: segmentor.build({"architecture": "cmx"}, rngs=nnx.Rngs(0)))
+    model = abstract_b2
     assert isinstance(model, CMX)
     assert model.config.backbone == "b2"
     assert count_params(model) == 66_563_982
@@ -238,7 +244,7 @@ def _micro_fields():
     }
 
 
-def test_drop_path_rates_reproduce_the_official_stage_2_shift():
+def test_drop_path_rates_reproduce_the_official_stage_2_shift(abstract_b2):
     """The official RGBXTransformer, read independently: dpr = linspace(0, 0.1, 16) over
     MiT-B2's (3, 4, 6, 3) blocks; stage 2 gives all 4 optical blocks dpr[3] and all 4 SAR
     blocks dpr[4]; the other stages give block j dpr[cur + j] in both streams."""
@@ -249,7 +255,7 @@ def test_drop_path_rates_reproduce_the_official_stage_2_shift():
     for stage, (start, depth) in {0: (0, 3), 2: (7, 6), 3: (13, 3)}.items():
         np.testing.assert_allclose(optical[stage], dpr[start : start + depth])
         np.testing.assert_allclose(sar[stage], dpr[start : start + depth])
-    model = nnx.eval_shape(lambda: segmentor.build({"architecture": "cmx"}, rngs=nnx.Rngs(0)))
+    model = abstract_b2
     assert [b.drop_path.rate for b in model.sar.blocks[1]] == pytest.approx([dpr[4]] * 4)
     assert [b.drop_path.rate for b in model.optical.blocks[2]] == pytest.approx(dpr[7:13])
 
@@ -437,11 +443,11 @@ def test_imagenet_mit_files_reproduce_their_own_forward_in_both_streams(fmt, hea
             assert rel_l2(y, nhwc(io[f"stage{i}"])) <= OUTPUT_TOL, (fmt, i)
 
 
-def test_imagenet_mit_of_other_sizes_or_families_is_one_line():
+def test_imagenet_mit_of_other_sizes_or_families_is_one_line(abstract_b2):
     from asanet_jax.convert import imagenet
 
     state = read_state_dict(THIRD_PARTY / "nvlabs_mit_micro.pth")
-    b2 = nnx.eval_shape(lambda: segmentor.build({"architecture": "cmx"}, rngs=nnx.Rngs(0)))
+    b2 = abstract_b2
     with pytest.raises(CheckpointError, match=r"^this MiT \(embed_dims \(16, 32, 64, 128\)"):
         imagenet.init_from_imagenet(b2, state)
     timm = read_state_dict(THIRD_PARTY / "timm_convnextv2_convmlp.pth")
