@@ -1,20 +1,24 @@
 """Official mmseg checkpoints <-> our model: architecture inference, strict load, export.
 
 Each architecture has its official key layout and its table to our variable paths
-(``layout_of``, ``rules_of``): ASANet's in layout.py and mapping.py, CMX's in cmx.py.
-The architecture itself is told from the keys: CMX's MiT streams have
-``backbone.patch_embed1`` and ``backbone.extra_patch_embed1``.
+(``layout_of``, ``rules_of``): ASANet's in layout.py and mapping.py, each comparison
+model's in its own module (``FAMILIES``: cmx.py, sagate.py, vfusenet.py). The
+architecture itself is told from the keys: CMX's MiT streams have
+``backbone.patch_embed1``, SA-Gate's DualResNet ``backbone.sagates``, vFuseNet's
+``backbone.fuse_convs``.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from asanet_jax.convert import cmx
+from asanet_jax.convert import cmx, sagate, vfusenet
 from asanet_jax.convert.inspection import count_indices, foreign_family, stream_arch
 from asanet_jax.convert.layout import Layout, official_layout
 from asanet_jax.convert.mapping import map_key, segmentor_rules, to_flax_values
@@ -29,19 +33,49 @@ from asanet_jax.weights import (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How one comparison architecture's official checkpoints are told, laid out and
+    mapped (ASANet's, the default, are in layout.py and mapping.py)."""
+
+    matches: Callable[[dict], bool]
+    layout: Callable[[ModelConfig], Layout]
+    rules: Callable[[ModelConfig], list[tuple]]
+    infer_config: Callable[[dict, dict], dict]
+    check: Callable[[dict], None] = lambda state: None  # beyond keys and shapes
+
+
+FAMILIES: dict[str, Family] = {
+    "cmx": Family(cmx.is_cmx, cmx.layout, lambda _: cmx.RULES, cmx.infer_config),
+    "sagate": Family(
+        sagate.is_sagate,
+        sagate.layout,
+        lambda _: sagate.RULES,
+        sagate.infer_config,
+        sagate.check_aliases,
+    ),
+    "vfusenet": Family(
+        vfusenet.is_vfusenet, vfusenet.layout, vfusenet.rules, vfusenet.infer_config
+    ),
+}
+
+
 def layout_of(config: ModelConfig) -> Layout:
     """Every key of the official state_dict of ``config``'s model, in official order."""
-    return cmx.layout(config) if config.architecture == "cmx" else official_layout(config)
+    family = FAMILIES.get(config.architecture)
+    return family.layout(config) if family else official_layout(config)
 
 
 def rules_of(config: ModelConfig) -> list[tuple]:
     """The table from the official keys of ``config``'s model to our variable paths."""
-    return cmx.RULES if config.architecture == "cmx" else segmentor_rules(config.streams)
+    family = FAMILIES.get(config.architecture)
+    return family.rules(config) if family else segmentor_rules(config.streams)
 
 
 def architecture_of(state: dict) -> str:
-    """'cmx' or 'asanet', from the backbone's keys."""
-    return "cmx" if cmx.is_cmx(state) else "asanet"
+    """The architecture whose official checkpoint ``state`` is, from the backbone's keys
+    ('asanet' unless a comparison model's keys are there)."""
+    return next((name for name, f in FAMILIES.items() if f.matches(state)), "asanet")
 
 
 def _describe(state: dict) -> str:
@@ -72,9 +106,8 @@ def infer_model_config(
         raise CheckpointError(
             f"config.model.architecture={asked!r} contradicts the checkpoint, which is {found}'s"
         )
-    if found == "cmx":
-        cfg = cmx.infer_config(state, overrides)
-        return _with_overrides(cfg, overrides)
+    if found in FAMILIES:
+        return _with_overrides(FAMILIES[found].infer_config(state, overrides), overrides)
     if "decode_head.conv_seg.weight" not in state:
         if family := foreign_family(state):
             raise CheckpointError(f"not an ASANet checkpoint: it {family[0]}")
@@ -198,6 +231,8 @@ def load_state_dict(
     config = infer_model_config(state, overrides)
     model_config = resolve(config)
     check_against_layout(state, model_config)
+    if family := FAMILIES.get(model_config.architecture):
+        family.check(state)
     if not allow_nonfinite:
         check_finite(state)
     values = to_flax_values(state, rules_of(model_config))
@@ -236,12 +271,15 @@ def export_state_dict(model: nnx.Module) -> collections.OrderedDict[str, np.ndar
     """
     rules = rules_of(model.config)
     ours = {k: np.asarray(v.get_value()) for k, v in flat_weights(model).items()}
+    unwritten = set(ours)
     out = collections.OrderedDict()
     for key, shape, dtype in layout_of(model.config):
         mapped = map_key(key, rules)
-        value = mapped.leaf.to_torch(ours.pop(mapped.flax_path))
+        # Official aliases (SA-Gate's shared downsample) write one variable twice.
+        value = mapped.leaf.to_torch(ours[mapped.flax_path])
+        unwritten.discard(mapped.flax_path)
         assert value.shape == tuple(shape) and value.dtype == np.dtype(dtype), (key, value.shape)
         out[key] = value
-    if ours:
-        raise AssertionError(f"model variables with no official key: {sorted(ours)}")
+    if unwritten:
+        raise AssertionError(f"model variables with no official key: {sorted(unwritten)}")
     return out

@@ -8,13 +8,17 @@ from asanet_jax.models.config import (
     ASANetConfig,
     CMXConfig,
     ModelConfig,
+    SAGateConfig,
+    VFuseNetConfig,
     default_model_config,
     resolve,
     to_config,
 )
 from asanet_jax.models.convnext_v2 import VARIANTS, ConvNeXtV2
 from asanet_jax.models.mit import MIT_VARIANTS, MiT
+from asanet_jax.models.sagate import SAGateNet
 from asanet_jax.models.segmentor import MODULES, build, build_with_weights, count_params
+from asanet_jax.models.vfusenet import VFuseNet
 
 __all__ = [
     "ARCHITECTURES",
@@ -28,6 +32,10 @@ __all__ = [
     "ConvNeXtV2",
     "MiT",
     "ModelConfig",
+    "SAGateConfig",
+    "SAGateNet",
+    "VFuseNet",
+    "VFuseNetConfig",
     "build",
     "build_with_weights",
     "count_params",

@@ -306,7 +306,147 @@ def _mit_sizes(side: int) -> list[int]:
     return sizes
 
 
-CONFIGS: dict[str, type[ModelConfig]] = {"asanet": ASANetConfig, "cmx": CMXConfig}
+RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}  # bottlenecks per layer
+VGG_DEPTHS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
+VGG_WIDTHS = (64, 128, 256, 512, 512)  # fixed by the official VGGBackbone
+
+
+def _custom_or_depth(config, field, table, kind) -> None:
+    """Resolve ``depth`` / a custom block-count field in place: a set field wins, and
+    ``depth`` is then the table's depth of that shape (0 when none)."""
+    blocks = tuple(int(b) for b in getattr(config, field) or ())
+    if not blocks:
+        if int(config.depth) not in table:
+            _fail(config, "depth", f"one of {sorted(table)} (or custom {field})")
+        blocks = table[int(config.depth)]
+    n = len(next(iter(table.values())))
+    if len(blocks) != n or any(b < 1 for b in blocks):
+        raise ValueError(f"config.model.{field}={blocks!r}: expected {n} positive {kind} counts")
+    _set(config, field, blocks)
+    _set(config, "depth", next((d for d, b in table.items() if b == blocks), 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class SAGateConfig(ModelConfig):
+    """SA-Gate's ``config.model`` (official ``DualResNet`` + ``SAGateHead`` + FCN aux head),
+    validated; the defaults are the official model (two ResNet-101 streams with a deep stem
+    of widths 64, 64, 128, an SA-Gate after every layer, the ASPP head of 512 channels and
+    the FCN aux head, 130,691,540 parameters; 121.25M without the aux head).
+
+    ``layers`` left empty takes ``depth``'s bottleneck counts (50, 101, 152); after
+    construction it always holds them, and ``depth`` is 0 for a custom shape.
+
+    Raises (on construction):
+      ValueError: naming the field, its value and what was expected.
+    """
+
+    architecture: str = "sagate"
+    depth: int = 101
+    layers: tuple[int, ...] = ()  # bottlenecks per ResNet layer; empty: depth's
+    stem_width: int = 64  # the deep stem's widths: w, w, 2w
+    decoder_channels: int = 512  # the ASPP head's width
+    dilations: tuple[int, ...] = (6, 12, 18)  # ASPP's three dilated branches
+    c1_channels: int = 48  # the projection of the stride-4 merge
+    aux_channels: int = 512  # FCN aux head on the stride-32 merge; 0 = no aux head
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.architecture != "sagate":
+            _fail(self, "architecture", "'sagate' for a SAGateConfig")
+        _custom_or_depth(self, "layers", RESNET_DEPTHS, "bottleneck")
+        _set(self, "dilations", tuple(int(d) for d in self.dilations or ()))
+        if len(self.dilations) != 3 or any(d < 1 for d in self.dilations):
+            _fail(self, "dilations", "three positive dilations, as the official ASPP")
+        for k in ("stem_width", "decoder_channels", "c1_channels"):
+            if int(getattr(self, k)) < 1:
+                _fail(self, k, "a positive integer")
+            _set(self, k, int(getattr(self, k)))
+        if int(self.aux_channels) < 0:
+            _fail(self, "aux_channels", "0 (no aux head) or a positive width")
+        _set(self, "aux_channels", int(self.aux_channels))
+        if not 0.0 <= float(self.dropout) < 1.0:
+            _fail(self, "dropout", "a rate in [0, 1)")
+        _set(self, "dropout", float(self.dropout))
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Each ResNet layer's output channels (bottleneck planes times 4)."""
+        return (256, 512, 1024, 2048)
+
+    @property
+    def min_input_side(self) -> int:
+        """Any side works: every stride-2 step rounds up, so the coarsest map keeps a
+        pixel."""
+        return 1
+
+    def describe(self) -> str:
+        name = f"ResNet-{self.depth}" if self.depth else f"ResNet with layers {self.layers}"
+        return (
+            f"SA-Gate, {name}: stem width {self.stem_width}, ASPP {self.decoder_channels}, "
+            f"aux {self.aux_channels or 'none'}, {self.num_classes} classes"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class VFuseNetConfig(ModelConfig):
+    """vFuseNet's ``config.model`` (official ``VFuseNetBackbone`` + two FCN heads),
+    validated; the defaults are the official model (two VGG16-BN streams, a fusion conv
+    per stage, the unpooling decoder, FCN heads of 16 channels on the full-resolution
+    and the 1/2 maps, 55,169,548 parameters).
+
+    ``stage_blocks`` left empty takes ``depth``'s conv counts (11, 13, 16, 19); after
+    construction it always holds them, and ``depth`` is 0 for a custom shape.
+
+    Raises (on construction):
+      ValueError: naming the field, its value and what was expected.
+    """
+
+    architecture: str = "vfusenet"
+    depth: int = 16
+    stage_blocks: tuple[int, ...] = ()  # convs per VGG stage; empty: depth's
+    head_channels: int = 16  # the FCN heads' width
+    aux_head: bool = True  # the FCN aux head on the 1/2 map
+    # The fusion and decoder convs' BatchNorms are plain BatchNorm2d in the official code
+    # (the VGG streams' and heads' are SyncBN), so under the official 2-GPU run they
+    # normalised over each GPU's 4 images. 1 (default): over the whole batch; N > 1: over
+    # each of N equal parts, as CMX's ffm_bn_replicas.
+    plain_bn_replicas: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.architecture != "vfusenet":
+            _fail(self, "architecture", "'vfusenet' for a VFuseNetConfig")
+        _custom_or_depth(self, "stage_blocks", VGG_DEPTHS, "conv")
+        for k in ("head_channels", "plain_bn_replicas"):
+            if int(getattr(self, k)) < 1:
+                _fail(self, k, "a positive integer")
+            _set(self, k, int(getattr(self, k)))
+        _set(self, "aux_head", bool(self.aux_head))
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return VGG_WIDTHS
+
+    @property
+    def min_input_side(self) -> int:
+        """Any side works: the model pads to a multiple of 32 and crops (see vfusenet.py)."""
+        return 1
+
+    def describe(self) -> str:
+        name = f"VGG{self.depth}-BN" if self.depth else f"VGG-BN with stages {self.stage_blocks}"
+        return (
+            f"vFuseNet, {name}: heads {self.head_channels}, "
+            f"aux {'on' if self.aux_head else 'off'}, {self.num_classes} classes"
+        )
+
+
+CONFIGS: dict[str, type[ModelConfig]] = {
+    "asanet": ASANetConfig,
+    "cmx": CMXConfig,
+    "sagate": SAGateConfig,
+    "vfusenet": VFuseNetConfig,
+}
 ARCHITECTURES = tuple(CONFIGS)
 
 

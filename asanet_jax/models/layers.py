@@ -264,6 +264,7 @@ def conv(
     *,
     stride: int = 1,
     padding: int = 0,
+    dilation: int = 1,
     groups: int = 1,
     use_bias: bool = True,
     dtype=F32,
@@ -276,6 +277,7 @@ def conv(
         (kernel_size, kernel_size),
         strides=(stride, stride),
         padding=((padding, padding), (padding, padding)),
+        kernel_dilation=(dilation, dilation),
         feature_group_count=groups,
         use_bias=use_bias,
         dtype=dtype,
@@ -285,7 +287,9 @@ def conv(
 
 
 class ConvModule(nnx.Module):
-    """mmcv ``ConvModule``: conv (no bias) -> BatchNorm -> optional ReLU.
+    """mmcv ``ConvModule``: conv (no bias unless ``use_bias``, as mmcv's ``bias='auto'``
+    before a norm) -> BatchNorm (over ``bn_replicas`` parts, see ``BatchNorm``) ->
+    optional ReLU.
 
     Under the CPU formulation (``kernels.winograd``) a 3x3 'same' conv on a large
     float32 map runs as Winograd F(4x4, 3x3) (see ``winograd.eligible``); otherwise
@@ -300,6 +304,8 @@ class ConvModule(nnx.Module):
         *,
         padding: int = 0,
         relu: bool = True,
+        use_bias: bool = False,
+        bn_replicas: int = 1,
         dtype=F32,
         kernels: Kernels = AUTO,
         rngs: nnx.Rngs,
@@ -314,18 +320,18 @@ class ConvModule(nnx.Module):
             out_features,
             kernel_size,
             padding=padding,
-            use_bias=False,
+            use_bias=use_bias,
             dtype=dtype,
             rngs=rngs,
         )
-        self.bn = BatchNorm(out_features)
+        self.bn = BatchNorm(out_features, replicas=bn_replicas)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
         if self.same_3x3 and winograd.eligible(x, self.winograd_min_pixels):
             x = choose(
                 self.mode,
-                winograd.conv3x3,
+                self._winograd,
                 lambda x, _: self.conv(x),
                 x,
                 self.conv.kernel[...].astype(self.dtype),
@@ -334,3 +340,7 @@ class ConvModule(nnx.Module):
             x = self.conv(x)
         x = self.bn(x)
         return jax.nn.relu(x) if self.relu else x
+
+    def _winograd(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        y = winograd.conv3x3(x, kernel)
+        return y if self.conv.bias is None else y + self.conv.bias[...].astype(y.dtype)

@@ -16,8 +16,15 @@ from flax import nnx
 from asanet_jax.models.asanet import ASANet
 from asanet_jax.models.cmx import CMX
 from asanet_jax.models.config import ModelConfig, resolve
+from asanet_jax.models.sagate import SAGateNet
+from asanet_jax.models.vfusenet import VFuseNet
 
-MODULES: dict[str, type[nnx.Module]] = {"asanet": ASANet, "cmx": CMX}
+MODULES: dict[str, type[nnx.Module]] = {
+    "asanet": ASANet,
+    "cmx": CMX,
+    "sagate": SAGateNet,
+    "vfusenet": VFuseNet,
+}
 WEIGHTS = (nnx.Param, nnx.BatchStat)
 
 

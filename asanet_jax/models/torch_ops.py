@@ -95,6 +95,68 @@ def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
     return jnp.einsum("ih,bhwc,jw->bijc", mh, x, mw, precision=jax.lax.Precision.HIGHEST)
 
 
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """``nn.MaxPool2d(kernel_size=3, stride=2, padding=1)`` (the ResNet stem's).
+
+    Padding never wins (it is -inf); the output side is ``(n - 1) // 2 + 1``. In the
+    backward pass a tie sends the gradient to the first maximum of the window in
+    row-major order, as PyTorch does. x: (B, H, W, C) -> (B, ceil(H / 2), ceil(W / 2), C).
+    """
+    return jax.lax.reduce_window(
+        x,
+        -jnp.inf,
+        jax.lax.max,
+        (1, 3, 3, 1),
+        (1, 2, 2, 1),
+        ((0, 0), (1, 1), (1, 1), (0, 0)),
+    )
+
+
+def _windows_2x2(x: jax.Array) -> jax.Array:
+    """(B, 2h, 2w, C) -> (B, h, w, 4, C): each 2x2 window's pixels in row-major order."""
+    b, h2, w2, c = x.shape
+    win = x.reshape(b, h2 // 2, 2, w2 // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    return win.reshape(b, h2 // 2, w2 // 2, 4, c)
+
+
+def max_pool_2x2_with_indices(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``nn.MaxPool2d(2, return_indices=True)`` on even sides.
+
+    The index kept is that of the first maximum of each window in row-major order, as
+    PyTorch keeps it (ties are common after a ReLU); it is returned window-local, 0..3
+    (``flat_indices`` gives PyTorch's form), and the gradient flows to that pixel only.
+
+    Args:
+      x: (B, H, W, C), H and W even.
+    Returns:
+      (pooled (B, H / 2, W / 2, C), local indices (B, H / 2, W / 2, C) int32).
+    """
+    if x.shape[1] % 2 or x.shape[2] % 2:
+        raise ValueError(f"2x2 max pooling with indices needs even sides, got {x.shape[1:3]}")
+    win = _windows_2x2(x)
+    idx = jnp.argmax(win, axis=3).astype(jnp.int32)  # argmax keeps the first maximum
+    pooled = jnp.take_along_axis(win, idx[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+    return pooled, idx
+
+
+def flat_indices(local: jax.Array) -> jax.Array:
+    """PyTorch's max-pool indices (``row * W + col`` in the input plane) of window-local
+    2x2 indices. (B, h, w, C) -> (B, h, w, C) int32."""
+    _, h, w, _ = local.shape
+    rows = 2 * jnp.arange(h)[None, :, None, None] + local // 2
+    cols = 2 * jnp.arange(w)[None, None, :, None] + local % 2
+    return rows * (2 * w) + cols
+
+
+def max_unpool_2x2(x: jax.Array, local: jax.Array) -> jax.Array:
+    """``nn.MaxUnpool2d(2)`` with the indices of ``max_pool_2x2_with_indices``: each value
+    back at its window's kept pixel, zeros elsewhere. (B, h, w, C) -> (B, 2h, 2w, C)."""
+    b, h, w, c = x.shape
+    onehot = (local[:, :, :, None, :] == jnp.arange(4)[None, None, None, :, None]).astype(x.dtype)
+    win = (onehot * x[:, :, :, None, :]).reshape(b, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    return win.reshape(b, 2 * h, 2 * w, c)
+
+
 def channel_dropout(rate: float, *, rngs: nnx.Rngs) -> nnx.Dropout:
     """``nn.Dropout2d(rate)`` on NHWC: zeroes whole (image, channel) maps.
 

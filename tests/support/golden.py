@@ -10,7 +10,12 @@ made by the official PyTorch code (their READMEs say how). These functions measu
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import pathlib
+import re
+import tempfile
+import zlib
 
 import jax
 import numpy as np
@@ -22,6 +27,7 @@ INPUTS = ("s128", "s96x136")
 OUTPUT_TOL = 1e-4  # rel-L2 per recorded output
 LOSS_TOL = 1e-5  # relative, the loss and each part
 GRAD_TOL = 1e-3  # rel-L2 per parameter gradient
+KINK_GRAD_TOL = 2e-3  # see Fixture.kink_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +40,34 @@ class Fixture:
     overrides: dict = dataclasses.field(default_factory=dict)
     aux_weight: float = 0.0  # the aux head's loss weight, as mmseg records it
 
+    # The comparison CNNs' checkpoints are too large to ship: they are rebuilt from
+    # keys.txt and bn_buffers.npz by the fixture's own numpy rule (``rebuild_state_dict``).
+    rebuilt: bool = False
+    # Parameters whose gradient may differ by up to KINK_GRAD_TOL, because they lie
+    # upstream of a ReLU input that float32 rounding puts within 1e-6 of the kink, on
+    # the other side than the official run did (``kink`` names that input).
+    kink_params: str = ""  # a regex over official parameter names
+    kink: dict = dataclasses.field(default_factory=dict)
+
+    def grad_tol(self, name: str) -> float:
+        if self.kink_params and re.fullmatch(self.kink_params, name):
+            return KINK_GRAD_TOL
+        return GRAD_TOL
+
     @property
     def checkpoint(self) -> pathlib.Path:
-        return self.path / "checkpoint.pth"
+        """The official checkpoint file (rebuilt once into the temp dir if not shipped)."""
+        if not self.rebuilt:
+            return self.path / "checkpoint.pth"
+        path = pathlib.Path(tempfile.gettempdir()) / f"asanet_jax_golden_{self.name}.pth"
+        if not path.exists():
+            import torch
+
+            state = {k: torch.from_numpy(v) for k, v in rebuild_state_dict(self.path).items()}
+            partial = path.with_suffix(f".{os.getpid()}.partial")
+            torch.save({"state_dict": state}, partial)
+            os.replace(partial, path)  # atomic: parallel test workers never see half a file
+        return path
 
     def load_model(self, **fields):
         from asanet_jax.convert import load_torch_checkpoint
@@ -46,7 +77,55 @@ class Fixture:
 
 ASANET = Fixture("asanet", GOLDEN, aux_weight=0.4)
 CMX = Fixture("cmx", FIXTURES / "golden_cmx_micro", {"num_heads": (1, 2, 2, 4)})
-FIXTURE_OF = {"asanet": ASANET, "cmx": CMX}
+# One pixel of the optical stream's layer-1 output (image 1, row 24, column 30, channel
+# 190) is -7.2e-7 before its ReLU here: the official float32 run had it on the other side
+# of the kink, which moves the gradients of the optical stem, layer 1 and the shared
+# downsample (up to 1.5e-3), and nothing else (the rest stay under 2e-4).
+SAGATE = Fixture(
+    "sagate",
+    FIXTURES / "golden_sagate_micro",
+    aux_weight=0.2,
+    rebuilt=True,
+    kink_params=r"backbone\.(conv1\..+|bn1\..+|layer1\.0\.(conv|bn|downsample)\S+)",
+    kink={"layer": 0, "image": 1, "row": 24, "col": 30, "channel": 190},
+)
+VFUSENET = Fixture("vfusenet", FIXTURES / "golden_vfusenet_micro", aux_weight=0.4, rebuilt=True)
+FIXTURE_OF = {"asanet": ASANET, "cmx": CMX, "sagate": SAGATE, "vfusenet": VFUSENET}
+SEED = 241202044  # the fixtures' weight seed
+
+
+def rebuild_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """The official state_dict of a golden fixture, from its ``keys.txt`` (key, shape, dtype
+    in order) and ``bn_buffers.npz``, by the rule its README gives: each key's weights
+    drawn from ``default_rng([SEED, crc32(key)])`` in float64 and cast to float32; alias
+    keys (``meta.json``) copy their first name's value."""
+    buffers = dict(np.load(path / "bn_buffers.npz"))
+    aliases = json.loads((path / "meta.json").read_text()).get("aliases", {})
+    out = {}
+    for line in (path / "keys.txt").read_text().splitlines():
+        key, shape_text, _ = line.split("\t")
+        shape = tuple(int(x) for x in shape_text.strip("()").split(",") if x.strip())
+        leaf = key.rpartition(".")[2]
+        if key in aliases:
+            out[key] = out[aliases[key]].copy()
+        elif leaf == "num_batches_tracked":
+            out[key] = np.zeros(shape, np.int64)
+        elif leaf in ("running_mean", "running_var"):
+            out[key] = buffers[key]
+        else:
+            rng = np.random.default_rng([SEED, zlib.crc32(key.encode())])
+            if key.endswith((".grn.gamma", ".grn.beta")):
+                value = rng.normal(0, 0.5, shape)
+            elif leaf == "weight" and len(shape) >= 2:
+                value = rng.normal(0, 1 / np.sqrt(np.prod(shape[1:])), shape)
+            elif leaf == "weight":
+                value = 1 + rng.normal(0, 0.1, shape)
+            elif leaf == "bias":
+                value = rng.normal(0, 0.1, shape)
+            else:
+                raise AssertionError(f"{path / 'keys.txt'}: no rule for {key!r}")
+            out[key] = value.astype(np.float32)
+    return out
 
 
 def nhwc(x: np.ndarray) -> np.ndarray:
@@ -58,6 +137,11 @@ def rel_l2(ours, ref) -> float:
     return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
 
 
+def inputs_of(io: dict) -> tuple[str, ...]:
+    """The recorded inputs among ``INPUTS`` (vFuseNet's official code fails on s96x136)."""
+    return tuple(name for name in INPUTS if f"{name}.input" in io)
+
+
 def load(fixture: Fixture = ASANET) -> tuple[dict, dict]:
     """(io, grads): the recorded inputs and outputs, and the loss and gradients."""
     return dict(np.load(fixture.path / "io.npz")), dict(np.load(fixture.path / "grads.npz"))
@@ -67,7 +151,11 @@ def output_errors(model, io: dict, name: str) -> dict[str, float]:
     """rel-L2 of every recorded fused map, the decode (and aux) logits and the final logits
     for recorded input `name`."""
     x = nhwc(io[f"{name}.input"])
-    out = nnx.jit(lambda m, a, b: m(a, b))(model, x[..., :3], x[..., 3:])
+    out = dict(nnx.jit(lambda m, a, b: m(a, b))(model, x[..., :3], x[..., 3:]))
+    if hasattr(model, "official_features"):  # vFuseNet: the official extract_feat's maps
+        out["features"] = nnx.jit(lambda m, a, b: m.official_features(a, b))(
+            model, x[..., :3], x[..., 3:]
+        )
     n_feats = sum(k.startswith(f"{name}.feat") for k in io)
     if len(out["features"]) != n_feats:
         raise AssertionError(f"{len(out['features'])} feature maps, official {n_feats}")
@@ -139,6 +227,12 @@ def loss_and_gradient_errors(
     for key, ref in reference_gradients(grads).items():
         mapped = map_key(key, rules)
         grad_errors[key] = gradient_error(mapped.leaf.to_torch(flat.pop(mapped.flax_path)), ref)
+    # Parameters the official model gives no gradient (vFuseNet's unused decoders) must
+    # get exactly none here either.
+    meta = json.loads((fixture.path / "meta.json").read_text())
+    for key in meta.get("params_without_grad", []):
+        mapped = map_key(key, rules)
+        grad_errors[key] = float(np.abs(flat.pop(mapped.flax_path)).max())
     if flat:  # every parameter has a reference gradient; nothing is left unchecked
         raise AssertionError(f"parameters without an official gradient: {sorted(flat)[:5]}")
     return loss_errors, grad_errors
@@ -168,10 +262,10 @@ def full_report(kernels: str = "auto", fixture: Fixture = ASANET) -> dict:
     io, grads = load(fixture)
     with jax.default_matmul_precision("highest"):
         model = fixture.load_model(kernels=kernels)
-        outputs = {name: output_errors(model, io, name) for name in INPUTS}
+        outputs = {name: output_errors(model, io, name) for name in inputs_of(io)}
         losses, gradients = loss_and_gradient_errors(model, io, grads, fixture)
         model16 = fixture.load_model(kernels=kernels, dtype="bfloat16")
-        bf16 = {name: bfloat16_agreement(model, model16, io, name) for name in INPUTS}
+        bf16 = {name: bfloat16_agreement(model, model16, io, name) for name in inputs_of(io)}
     worst_grad = max(gradients, key=gradients.get)
     return {
         "model": fixture.name,
@@ -185,7 +279,7 @@ def full_report(kernels: str = "auto", fixture: Fixture = ASANET) -> dict:
         "passed": {
             "outputs": all(v <= OUTPUT_TOL for errs in outputs.values() for v in errs.values()),
             "losses": all(v <= LOSS_TOL for v in losses.values()),
-            "gradients": gradients[worst_grad] <= GRAD_TOL,
+            "gradients": all(v <= fixture.grad_tol(k) for k, v in gradients.items()),
             "bfloat16": all(
                 b["confident"] >= 0.999 and b["overall"] >= 0.97 and b["logits_rel_l2"] <= 0.05
                 for b in bf16.values()
