@@ -8,28 +8,33 @@ It runs on the machine's own jax and torch. The few packages such a machine lack
 downloads those listed in `benchmarks/device_wheels.txt` (about 45 MB) into `.whl/`, and
 the machine installs them without network (README, "Accelerators").
 
-Sections, each recorded even when another fails:
+Sections, each recorded even when another fails (``SECTIONS``, in order):
 
 1. ``environment``: devices, platform and package versions;
-2. ``parity``: the official fixture (tests/fixtures/golden_micro) on this device, float32
-   at highest matmul precision: rel-L2 of every output and gradient against the official
-   ones, with the CPU tolerances, and bfloat16 argmax agreement;
+2. ``parity``, ``cmx_parity``, ``sagate_parity``, ``vfusenet_parity``: each official
+   fixture (tests/fixtures/golden_*) on this device, float32 at highest matmul
+   precision: rel-L2 of every output and gradient against the official ones, with the
+   CPU tolerances, and bfloat16 argmax agreement;
 3. ``training``: the demo recipe (configs/demo.py) trained for 300 steps: images/s and
    the final mIoU;
 4. ``benchmarks``: ASANet-tiny at 256x256, ours against the PyTorch baseline in its best
    mode (AMP, channels_last, torch.compile), one process per case (benchmarks/run.py),
    images/s and peak device memory: inference at batch 1, 8, 64 and 256 (ours in float32
    and bfloat16), training steps at batch 8, 32 and 64 (ours in bfloat16);
+   ``cmx_benchmarks``: the same for CMX-B2 at batch 8;
 5. ``scene``: whole-scene prediction (benchmarks/scene.py): windows/s and km²/hour of
    the scene predictor before batching, ours at several batch sizes, our model alone,
    and the PyTorch baseline alone, on a 3581x3581 scene (100 windows of 512);
 6. ``profile``: op-level device times of our bfloat16 training step and inference from a
-   ``jax.profiler`` trace.
+   ``jax.profiler`` trace;
+7. ``models``: the paper's table (benchmarks/models.py) at batch 8, as far as the budget
+   goes.
 
 Writes into DIR: ``check.json`` (everything), ``check.md`` (the summary), ``gpu.json`` and
 ``gpu.md`` (the benchmark table in benchmarks/run.py's format, to commit under
-benchmarks/results/), ``log.txt``. Benchmark cases that would start after ``--budget``
-seconds are listed as not run rather than dropped. Exit status 1 if a section failed.
+benchmarks/results/; ``gpu_cmx-b2.*`` for CMX), ``models_gpu.json`` / ``.md``,
+``log.txt``. Benchmark cases that would start after ``--budget`` seconds are listed as
+not run rather than dropped. Exit status 1 if a section failed.
 """
 
 from __future__ import annotations
@@ -48,8 +53,22 @@ import tempfile
 import time
 import traceback
 
-from benchmarks import run
+from benchmarks import models, run
 from tests.support import golden
+
+SECTIONS = (
+    "environment",
+    "parity",
+    "cmx_parity",
+    "sagate_parity",
+    "vfusenet_parity",
+    "training",
+    "benchmarks",
+    "cmx_benchmarks",
+    "scene",
+    "profile",
+    "models",
+)
 
 PACKAGES = (
     "jax",
@@ -88,6 +107,12 @@ FULL = {
             for f, p in (("jax", "fp32"), ("jax", "bf16"), ("torch", "fp32"), ("torch", "amp"))
         ],
     },
+    # The paper's table (benchmarks/models.py), at batch 8, as far as the budget goes.
+    "models": {
+        "models": ["tiny", "cmx-b2", "sagate-r101", "vfusenet-vgg16", "upernet-optical"],
+        "size": 256,
+        "cases": ["jax:infer:fp32:8", "jax:infer:bf16:8", "jax:train:bf16:8"],
+    },
     "train_steps": 300,
     "profile_batches": {"train": 32, "infer": 64},
     "scene": {
@@ -103,6 +128,7 @@ SMOKE = {
     "cases": ["jax:infer:bf16:1", "jax:train:bf16:2", "torch:infer:amp:1", "torch:train:amp:2"],
     "repeats": 1,
     "cmx": {"arch": "cmx-micro", "cases": ["jax:infer:fp32:1", "torch:infer:fp32:1"]},
+    "models": {"models": ["vfusenet-micro"], "size": 64, "cases": ["jax:infer:fp32:1"]},
     "train_steps": None,  # configs/demo.py:runlocal, with the micro model (`arch`)
     "profile_batches": {"train": 2, "infer": 2},
     "scene": {"arch": "micro", "side": 512 + 341, "cases": ["ours:2"], "budget_s": 300},
@@ -258,7 +284,12 @@ def summary(report: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()),
         "",
     ]
-    for section, model in (("parity", "ASANet"), ("cmx_parity", "CMX")):
+    for section, model in (
+        ("parity", "ASANet"),
+        ("cmx_parity", "CMX"),
+        ("sagate_parity", "SA-Gate"),
+        ("vfusenet_parity", "vFuseNet"),
+    ):
         p = report.get(section)
         if not (isinstance(p, dict) and "passed" in p):
             continue
@@ -302,9 +333,23 @@ def summary(report: dict) -> str:
         lines += [scene.table(s["results"], benchmark_env(report), s["side"], s["model"]), ""]
         if s["not_run"]:
             lines += ["Not run: " + "; ".join(s["not_run"]), ""]
+    m = report.get("models")
+    if isinstance(m, dict) and m.get("rows"):
+        lines += [
+            "## The paper's models",
+            "",
+            models.table(m["rows"], benchmark_env(report), m["size"]),
+            "",
+        ]
     for name, error in report.get("errors", {}).items():
         lines += [f"## {name}: FAILED", "", "```", error[-3000:], "```", ""]
     return "\n".join(lines)
+
+
+def model_table(settings: dict, deadline: float, log) -> dict:
+    m = settings["models"]
+    rows = models.measure(m["models"], m["size"], settings["repeats"], m["cases"], deadline, log)
+    return {"size": m["size"], "rows": rows}
 
 
 def benchmark_env(report: dict) -> dict:
@@ -329,7 +374,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=420, help="seconds before benchmark cases stop")
     p.add_argument(
         "--sections",
-        default="environment,parity,cmx_parity,training,benchmarks,cmx_benchmarks,scene,profile",
+        default=",".join(SECTIONS),
         help="comma-separated subset to run",
     )
     args = p.parse_args(argv)
@@ -346,6 +391,9 @@ def main(argv=None) -> int:
             "environment": environment,
             "parity": parity,
             "cmx_parity": lambda: parity(golden.CMX),
+            "sagate_parity": lambda: parity(golden.SAGATE),
+            "vfusenet_parity": lambda: parity(golden.VFUSENET),
+            "models": lambda: model_table(settings, deadline, log),
             "training": lambda: training(settings["train_steps"], work, log, settings["arch"]),
             "benchmarks": lambda: benchmarks(settings, deadline, log),
             "cmx_benchmarks": lambda: benchmarks(settings, deadline, log, settings["cmx"]),
@@ -371,6 +419,11 @@ def main(argv=None) -> int:
             name = run.results_name("gpu", arch)
             (out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
             (out / f"{name}.md").write_text(run.table(doc["results"], doc["environment"]))
+    if isinstance(report.get("models"), dict) and "environment" in report:
+        env, m = benchmark_env(report), report["models"]
+        doc = {"environment": env, "rows": m["rows"]}
+        (out / "models_gpu.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (out / "models_gpu.md").write_text(models.table(m["rows"], env, m["size"]))
     (out / "check.md").write_text(summary(report))
     print(summary(report))
     return 1 if report["errors"] else 0

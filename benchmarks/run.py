@@ -52,7 +52,32 @@ MODELS = {
         decoder_channels=32,
     ),
 }
-TITLES = {"tiny": "ASANet-tiny", "micro": "ASANet-micro", "cmx-b2": "CMX-B2"}
+# The other models of the paper's table (benchmarks/models.py), ours only.
+MODELS.update(
+    {
+        "sagate-r101": {"architecture": "sagate"},
+        "vfusenet-vgg16": {"architecture": "vfusenet"},
+        "upernet-optical": dict(modalities="optical", sfm=False, fusion="none"),
+        "upernet-sar": dict(modalities="sar", sfm=False, fusion="none"),
+        "sagate-micro": dict(
+            architecture="sagate",
+            layers=(1, 1, 1, 1),
+            decoder_channels=64,
+            c1_channels=16,
+            aux_channels=32,
+        ),
+        "vfusenet-micro": dict(architecture="vfusenet", depth=11),
+    }
+)
+TITLES = {
+    "tiny": "ASANet-tiny",
+    "micro": "ASANet-micro",
+    "cmx-b2": "CMX-B2",
+    "sagate-r101": "SA-Gate-R101",
+    "vfusenet-vgg16": "vFuseNet-VGG16",
+    "upernet-optical": "UPerNet (optical only)",
+    "upernet-sar": "UPerNet (SAR only)",
+}
 
 
 def title(arch: str) -> str:

@@ -239,11 +239,11 @@ def test_shared_downsample_batchnorm_updates_twice_per_step(state):
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ValueError, match="config.model.depth=34: expected one of"):
+    with pytest.raises(ValueError, match=r"config.model.depth=34: expected one of"):
         resolve({"architecture": "sagate", "depth": 34})
     with pytest.raises(ValueError, match=r"config.model.layers=\(1, 1\): expected 4 positive"):
         resolve({"architecture": "sagate", "layers": (1, 1)})
-    with pytest.raises(ValueError, match="config.model.dilations"):
+    with pytest.raises(ValueError, match=r"config.model.dilations"):
         resolve({"architecture": "sagate", "dilations": (6, 12)})
     with pytest.raises(ValueError, match="unknown fields \\['embed_dims'\\]"):
         resolve({"architecture": "sagate", "embed_dims": (1, 2, 3, 4)})

@@ -160,9 +160,9 @@ def test_plain_batchnorm_per_replica(state):
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ValueError, match="config.model.depth=18: expected one of"):
+    with pytest.raises(ValueError, match=r"config.model.depth=18: expected one of"):
         resolve({"architecture": "vfusenet", "depth": 18})
-    with pytest.raises(ValueError, match="config.model.stage_blocks"):
+    with pytest.raises(ValueError, match=r"config.model.stage_blocks"):
         resolve({"architecture": "vfusenet", "stage_blocks": (1, 1, 1)})
     with pytest.raises(ValueError, match="plain_bn_replicas"):
         resolve({"architecture": "vfusenet", "plain_bn_replicas": 0})

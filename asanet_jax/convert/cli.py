@@ -144,8 +144,9 @@ def convert_main(argv=None) -> int:
 def convert_args(argv=None) -> argparse.Namespace:
     """The converter's flags, parsed (`convert` takes them)."""
     p = argparse.ArgumentParser(
-        description="Convert official ASANet or CMX (mmseg) or ImageNet ConvNeXt V2 / MiT weights "
-        "into a model directory (orbax weights + model.json)."
+        description="Convert official ASANet, CMX, SA-Gate or vFuseNet (mmseg) weights, or "
+        "ImageNet ConvNeXt V2 / MiT weights, into a model directory (orbax weights + "
+        "model.json)."
     )
     p.add_argument("--torch_checkpoint", required=True, help=".pth/.pt/.bin or .safetensors")
     p.add_argument("--output", required=True, help="model directory to create")
@@ -153,7 +154,8 @@ def convert_args(argv=None) -> argparse.Namespace:
         "--kind",
         choices=("official", "imagenet"),
         default="official",
-        help="official: a trained mmseg segmentor, ASANet or CMX (architecture inferred); "
+        help="official: a trained mmseg segmentor, ASANet, CMX, SA-Gate or vFuseNet "
+        "(architecture inferred); "
         "imagenet: a classifier backbone that initialises every stream: ConvNeXt V2 "
         "(mmpretrain/FAIR/timm) for ASANet, MiT (NVlabs SegFormer/mmseg) for CMX",
     )
@@ -189,7 +191,7 @@ def convert_args(argv=None) -> argparse.Namespace:
 def export_main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description="Write a model directory as an official-format mmseg checkpoint "
-        "that loads strictly into the official PyTorch model (ASANet or CMX)."
+        "that loads strictly into the official PyTorch model (any of the four)."
     )
     p.add_argument("--checkpoint", required=True, help="model directory")
     p.add_argument("--output", required=True, help=".pth (torch) or .safetensors file")

@@ -18,7 +18,7 @@ import numpy as np
 
 from asanet_jax.weights import CheckpointError, mismatch_report
 
-MAPPING_VERSION = 2  # 2: CMX's table (convert/cmx.py); ASANet's rules are unchanged
+MAPPING_VERSION = 3  # 2: CMX's table; 3: SA-Gate's and vFuseNet's; ASANet's unchanged
 
 
 def _oihw_to_hwio(w: np.ndarray) -> np.ndarray:

@@ -15,7 +15,8 @@ gradient, and ``DORMANT`` lets the optimiser leave them untouched.
 Input sides: the official model fails unless H and W are multiples of 32 (its deeper
 unpooling indices run out of range). This one pads the input at the bottom and right
 with zeros up to the next multiple of 32, as mmseg's data preprocessor pads, runs the
-heads on the padded maps and crops every output back; it never resizes. Submodule names follow the official ones. NHWC.
+heads on the padded maps and crops every output back; it never resizes. Submodule
+names follow the official ones. NHWC.
 """
 
 from __future__ import annotations

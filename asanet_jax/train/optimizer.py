@@ -1,5 +1,6 @@
-"""The official optimisers: AdamW (ASANet, CMX) with per-architecture parameter groups,
-under mmengine's chained warm-up and poly decay (docs/design.md, section 6).
+"""The official optimisers: AdamW (ASANet, CMX) and SGD with momentum (SA-Gate and
+vFuseNet, mmseg's ``schedule_80k``), with per-architecture parameter groups, under
+mmengine's chained warm-up and poly decay (docs/design.md, section 6).
 
 Parameter groups are rules over our own parameter paths (big_vision's way), declared per
 architecture in ``LAYER_RULES`` and tested to equal the official groups for every
@@ -11,10 +12,15 @@ parameter:
   decay 0.9 and 8 layers that is ``0.9 ** (7 - id)``. CMX's official recipe has no layer
   decay (``optim.layer_decay = 1``); its rules give the MiT streams the same ids (patch
   embeddings 0, the blocks of stage ``i`` ``i + 1``), so that a decay other than 1 means
-  the same thing for both;
+  the same thing for both. SA-Gate and vFuseNet have no layer decay (every id 7);
 - no weight decay on 1-D parameters (norm scales, GRN, BatchNorm) and biases: for CMX
   that is mmengine's ``norm_decay_mult=0, bias_decay_mult=0``, since its only 1-D
-  parameters are norms' and biases.
+  parameters are norms' and biases. mmseg's ``schedule_80k`` sets no such rule, so
+  SA-Gate's and vFuseNet's recipes decay every parameter
+  (``optim.decay_norms_and_biases``);
+- ``FROZEN``: parameters that the official step never changes, because the official
+  forward pass never uses them (vFuseNet's unused decoder stages get no gradient, and
+  PyTorch's SGD skips a parameter without one, weight decay included). Their rate is 0.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ import ml_collections
 import optax
 from flax import nnx
 
+from asanet_jax.models.vfusenet import DORMANT
+
+OPTIMIZERS = ("adamw", "sgd")
 NUM_LAYERS = 8  # ids 0..7: downsample (0), stages 0..3 (1..4), rest (7)
 # Per architecture: (pattern over our parameter path, layer id or a function of the
 # match); first match wins.
@@ -41,7 +50,11 @@ LAYER_RULES = {
         (r"(optical|sar)\.blocks\.(\d+)\..+", lambda m: int(m[2]) + 1),
         (r".+", lambda m: NUM_LAYERS - 1),
     ),
+    "sagate": ((r".+", lambda m: NUM_LAYERS - 1),),
+    "vfusenet": ((r".+", lambda m: NUM_LAYERS - 1),),
 }
+# Per architecture, regexes over our parameter paths that are never trained.
+FROZEN = {"vfusenet": DORMANT}
 
 
 def layer_id(path: str, architecture: str = "asanet") -> int:
@@ -52,24 +65,39 @@ def layer_id(path: str, architecture: str = "asanet") -> int:
     raise AssertionError("the last rule matches every path")
 
 
-def decays(path: str, shape: tuple[int, ...]) -> bool:
-    """Weight decay applies to every parameter but 1-D ones and biases."""
-    return not (len(shape) == 1 or path.endswith(".bias"))
+def decays(path: str, shape: tuple[int, ...], norms_and_biases: bool = False) -> bool:
+    """Weight decay applies to every parameter but 1-D ones and biases (to all of them
+    with ``norms_and_biases``)."""
+    return norms_and_biases or not (len(shape) == 1 or path.endswith(".bias"))
+
+
+def frozen(path: str, architecture: str) -> bool:
+    """Whether the official step never changes this parameter (``FROZEN``)."""
+    return any(re.fullmatch(p, path) for p in FROZEN.get(architecture, ()))
 
 
 def parameter_groups(
-    params: nnx.State, layer_decay: float, architecture: str = "asanet"
+    params: nnx.State,
+    layer_decay: float,
+    architecture: str = "asanet",
+    *,
+    decay_norms_and_biases: bool = False,
 ) -> tuple[nnx.State, nnx.State]:
     """(learning-rate scale, weight decay on?) for every parameter, as two trees like
-    `params` (an nnx.State of nnx.Param)."""
+    `params` (an nnx.State of nnx.Param); frozen parameters get scale 0 and no decay."""
 
-    scales = jax.tree_util.tree_map_with_path(
-        lambda p, _: layer_decay ** (NUM_LAYERS - 1 - layer_id(_path_name(p), architecture)),
-        params,
-    )
-    decay_mask = jax.tree_util.tree_map_with_path(
-        lambda p, v: decays(_path_name(p), v.shape), params
-    )
+    def scale(p, _):
+        name = _path_name(p)
+        if frozen(name, architecture):
+            return 0.0
+        return layer_decay ** (NUM_LAYERS - 1 - layer_id(name, architecture))
+
+    def decay(p, v):
+        name = _path_name(p)
+        return not frozen(name, architecture) and decays(name, v.shape, decay_norms_and_biases)
+
+    scales = jax.tree_util.tree_map_with_path(scale, params)
+    decay_mask = jax.tree_util.tree_map_with_path(decay, params)
     return scales, decay_mask
 
 
@@ -137,9 +165,21 @@ def make_optimizer(
     total_steps: int,
     architecture: str = "asanet",
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with the official groups of ``architecture`` over `params` (an nnx.State of
-    nnx.Param)."""
-    scales, decay_mask = parameter_groups(params, optim.layer_decay, architecture)
+    """``optim.name``'s optimiser (AdamW, or SGD with momentum as PyTorch's) with the
+    official groups of ``architecture`` over `params` (an nnx.State of nnx.Param).
+
+    Raises:
+      ValueError: an unknown ``optim.name``.
+    """
+    name = optim.get("name", "adamw")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"config.optim.name={name!r}: expected one of {OPTIMIZERS}")
+    scales, decay_mask = parameter_groups(
+        params,
+        optim.layer_decay,
+        architecture,
+        decay_norms_and_biases=optim.get("decay_norms_and_biases", False),
+    )
     schedule = warmup_poly_schedule(
         optim.lr,
         optim.warmup_steps,
@@ -152,13 +192,20 @@ def make_optimizer(
     transforms = []
     if optim.get("grad_clip_norm"):
         transforms.append(optax.clip_by_global_norm(optim.grad_clip_norm))
-    transforms += [
-        optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
-        # PyTorch AdamW: p -= lr_group * (adam + wd * p); the group scale covers both terms.
-        optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
-        _scale_by_tree(scales),
-        optax.scale_by_learning_rate(schedule),
-    ]
+    if name == "adamw":
+        transforms += [
+            optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
+            # PyTorch AdamW: p -= lr_group * (adam + wd * p); the group scale covers both.
+            optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
+        ]
+    else:
+        transforms += [
+            # PyTorch SGD: d = g + wd * p; buf = momentum * buf + d (buf = d at first);
+            # p -= lr_group * buf.
+            optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
+            optax.trace(decay=optim.momentum, nesterov=False),
+        ]
+    transforms += [_scale_by_tree(scales), optax.scale_by_learning_rate(schedule)]
     return optax.chain(*transforms), schedule
 
 

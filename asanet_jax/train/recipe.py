@@ -50,11 +50,31 @@ OFFICIAL_OPTIM = {
     # inside the 1500-step warm-up, and mmengine multiplies the two there.
     "cmx": {"lr": 6e-5, "weight_decay": 0.01, "layer_decay": 1.0, "poly_start": 1000},
 }
-# The compute dtype of each recipe: ASANet's official runs use fp16 AMP, for which
-# bfloat16 stands in here; CMX's run in fp32.
-OFFICIAL_DTYPE = {"asanet": "bfloat16", "cmx": "float32"}
+# SA-Gate and vFuseNet (configs/SA-Gate/*, configs/FuseNet/*) take mmseg's schedule_80k:
+# SGD lr 0.01, momentum 0.9, weight decay 5e-4 on every parameter, no warm-up, PolyLR
+# (power 0.9, eta_min 1e-4) over all 80k iterations.
+SCHEDULE_80K = {
+    "name": "sgd",
+    "lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "decay_norms_and_biases": True,
+    "layer_decay": 1.0,
+    "warmup_steps": 0,
+    "power": 0.9,
+    "eta_min": 1e-4,
+}
+OFFICIAL_OPTIM.update(sagate=SCHEDULE_80K, vfusenet=SCHEDULE_80K)
+# The compute dtype of each recipe: the official ASANet, SA-Gate and vFuseNet runs use
+# fp16 AMP, for which bfloat16 stands in here; CMX's run in fp32.
+OFFICIAL_DTYPE = {
+    "asanet": "bfloat16",
+    "cmx": "float32",
+    "sagate": "bfloat16",
+    "vfusenet": "bfloat16",
+}
 # The aux head's loss weight (CMX has none: decode CE only).
-OFFICIAL_AUX_WEIGHT = {"asanet": 0.4, "cmx": 0.0}
+OFFICIAL_AUX_WEIGHT = {"asanet": 0.4, "cmx": 0.0, "sagate": 0.2, "vfusenet": 0.4}
 # A small model of each architecture, for `runlocal` checks.
 LOCAL_MODEL = {
     "asanet": {"backbone": "atto", "decoder_channels": 32, "aux_channels": 16},
@@ -64,12 +84,21 @@ LOCAL_MODEL = {
         "depths": (1, 1, 2, 1),
         "decoder_channels": 32,
     },
+    # The golden fixtures' sizes: one bottleneck per ResNet layer; VGG11.
+    "sagate": {
+        "layers": (1, 1, 1, 1),
+        "decoder_channels": 64,
+        "c1_channels": 16,
+        "aux_channels": 32,
+    },
+    "vfusenet": {"depth": 11},
 }
 
 
 def base_config(architecture: str = "asanet") -> ml_collections.ConfigDict:
     """The official recipe of ``architecture`` (ASANet: ConvNeXt V2 tiny streams; CMX:
-    MiT-B2 streams), 80k steps of batch 8, AdamW."""
+    MiT-B2 streams; SA-Gate: ResNet-101; vFuseNet: VGG16-BN), 80k steps of batch 8,
+    AdamW (ASANet, CMX) or SGD (SA-Gate, vFuseNet)."""
     steps = config_dict.FieldReference(80_000)
     # None: the dataset's class count, set when training opens the dataset.
     num_classes = config_dict.FieldReference(None, field_type=int)
@@ -83,11 +112,15 @@ def base_config(architecture: str = "asanet") -> ml_collections.ConfigDict:
 
     config.optim = ml_collections.ConfigDict(
         {
+            "name": "adamw",  # or 'sgd' (with momentum, as PyTorch's)
             "lr": 1e-4,
             "b1": 0.9,
             "b2": 0.999,
             "eps": 1e-8,
+            "momentum": 0.9,  # SGD's
             "weight_decay": 0.05,
+            # False: no weight decay on norms and biases (mmengine's *_decay_mult=0).
+            "decay_norms_and_biases": False,
             "layer_decay": 0.9,
             "warmup_steps": 1500,
             "warmup_factor": 1e-6,
@@ -148,7 +181,8 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> ml_collections.Co
     config.train.log_every = 1
     config.train.eval_every = 4
     config.train.checkpoint_every = 2
-    config.optim.warmup_steps = 2
+    if config.optim.warmup_steps:  # schedule_80k has none
+        config.optim.warmup_steps = 2
     if config.optim.poly_start is not None:  # an overlapping decay stays overlapping
         config.optim.poly_start = 1
     config.data.eval_batch_size = 2

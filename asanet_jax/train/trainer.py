@@ -201,12 +201,13 @@ def check_settings(config: ml_collections.ConfigDict, mesh) -> None:
             f"config.train.loss_replicas={t.loss_replicas!r}: expected a positive divisor of "
             f"config.train.batch_size={t.batch_size}"
         )
-    bn_replicas = config.model.get("ffm_bn_replicas", 1)
-    if int(bn_replicas) < 1 or int(t.batch_size) % int(bn_replicas):
-        raise ValueError(
-            f"config.model.ffm_bn_replicas={bn_replicas!r}: expected a positive divisor of "
-            f"config.train.batch_size={t.batch_size}"
-        )
+    for field in ("ffm_bn_replicas", "plain_bn_replicas"):  # CMX's, vFuseNet's
+        bn_replicas = config.model.get(field, 1)
+        if int(bn_replicas) < 1 or int(t.batch_size) % int(bn_replicas):
+            raise ValueError(
+                f"config.model.{field}={bn_replicas!r}: expected a positive divisor of "
+                f"config.train.batch_size={t.batch_size}"
+            )
     for field, value in config.optim.items():
         if isinstance(value, float) and not np.isfinite(value):
             raise ValueError(f"config.optim.{field}={value!r}: expected a finite number")
