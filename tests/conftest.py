@@ -63,3 +63,14 @@ def golden_state(golden_checkpoint):
     from asanet_jax.convert import read_state_dict
 
     return read_state_dict(golden_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def pie(tmp_path_factory) -> dict:
+    """A PIE-RGB-SAR folder (4 training and 1 validation tile of 64x64) and a TFDS data dir
+    that the training runs of every architecture's tests share (built once per worker)."""
+    from tests.support import fake_sources
+
+    root = tmp_path_factory.mktemp("pie")
+    source = fake_sources.write_pie(root / "PIE", [f"t{i}" for i in range(4)], ["v0"], 64)
+    return {"source": source, "data_dir": root / "data"}

@@ -458,31 +458,17 @@ def test_imagenet_mit_of_other_sizes_or_families_is_one_line(abstract_b2):
         imagenet.init_from_imagenet(asanet, state)
 
 
-def test_train_script_trains_cmx_from_imagenet_mit_and_the_model_loads(tmp_path):
+def test_train_script_trains_cmx_from_imagenet_mit_and_the_model_loads(tmp_path, pie):
     """`scripts/train.py --config configs/cmx.py:pie,runlocal,official_ddp` on a PIE-format
     folder, both streams from the NVlabs MiT file: it trains, evaluates, and its model
     directory loads as a CMX that predicts."""
     import json
-    import subprocess
-    import sys
 
     import asanet_jax
-    from tests.support import fake_sources
+    from tests.support import train_runs
 
-    source = fake_sources.write_pie(tmp_path / "PIE", [f"t{i}" for i in range(4)], ["v0"], 64)
-    cmd = [
-        sys.executable,
-        str(REPO / "scripts" / "train.py"),
-        "--config",
-        f"{REPO / 'configs' / 'cmx.py'}:pie,runlocal,official_ddp",
-        "--workdir",
-        str(tmp_path / "run"),
-        f"--config.data.manual_dir={source}",
-        f"--config.data.data_dir={tmp_path / 'data'}",
-        f"--config.train.init_from={THIRD_PARTY / 'nvlabs_mit_micro.pth'}",
-        "--config.data.num_threads=2",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    init = f"--config.train.init_from={THIRD_PARTY / 'nvlabs_mit_micro.pth'}"
+    out = train_runs.train("cmx.py:pie,runlocal,official_ddp", tmp_path / "run", pie, init)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "final mIoU" in out.stdout
     assert "initialised optical, sar stream(s)" in out.stdout + out.stderr

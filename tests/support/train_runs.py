@@ -1,0 +1,29 @@
+"""`scripts/train.py` run as a user runs it, on a PIE-format folder of real GeoTIFFs."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def train(
+    config: str, workdir: pathlib.Path, pie: dict, *flags: str
+) -> subprocess.CompletedProcess:
+    """``scripts/train.py --config configs/<config>`` (``cmx.py:pie,runlocal`` ...) on the
+    ``pie`` fixture's folder and TFDS data dir (built by the first run, reused after)."""
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "train.py"),
+        "--config",
+        str(REPO / "configs" / config),
+        "--workdir",
+        str(workdir),
+        f"--config.data.manual_dir={pie['source']}",
+        f"--config.data.data_dir={pie['data_dir']}",
+        "--config.data.num_threads=2",
+        *flags,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
