@@ -179,6 +179,12 @@ def init_from_imagenet(
     ASANet, MiT for CMX (``imagenet_mit``)."""
     if model.config.architecture == "cmx":
         return imagenet_mit.init_from_imagenet(model, state, allow_nonfinite=allow_nonfinite)
+    if model.config.architecture != "asanet":
+        raise CheckpointError(
+            f"ImageNet initialisation of {model.config.architecture}'s streams is not "
+            "supported yet (ASANet: ConvNeXt V2; CMX: MiT): train from scratch, or convert "
+            "an official checkpoint of the whole model with --kind official"
+        )
     backbone, skipped, fmt = to_mmpretrain_names(state)
     if not allow_nonfinite:
         check_finite(backbone)

@@ -66,7 +66,6 @@ class Downsample(nnx.Module):
     """A layer's residual projection: 1x1 conv with the layer's stride (no bias), BN."""
 
     def __init__(self, in_channels, channels, stride, *, dtype, rngs: nnx.Rngs):
-        self.stride = stride
         self.conv = conv(
             in_channels, channels, 1, stride=stride, use_bias=False, dtype=dtype, rngs=rngs
         )
