@@ -140,7 +140,7 @@ def test_imagenet_kind_builds_an_initialisation(tmp_path, golden_state):
         "--set",
         "aux_channels=16",
     )
-    assert "mmpretrain ImageNet weights" in proc.stdout and "skipped 1 classifier" in proc.stdout
+    assert "mmpretrain ImageNet weights" in proc.stdout and "skipped 1 unused keys" in proc.stdout
     model, config, meta = load_model_dir(out)
     assert config.num_classes == 7 and tuple(config.channels) == (16, 32, 64, 128)
     assert meta["imagenet_init"]["streams"] == ["optical", "sar"]

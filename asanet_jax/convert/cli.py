@@ -12,7 +12,7 @@ import numpy as np
 
 from asanet_jax import __version__, checkpointing, errors
 from asanet_jax.checkpointing import check_replaceable, load_model_dir, save_model
-from asanet_jax.convert import cmx, imagenet_mit
+from asanet_jax.convert import cmx, imagenet_cnn, imagenet_mit
 from asanet_jax.convert.imagenet import imagenet_arch, init_from_imagenet
 from asanet_jax.convert.mapping import MAPPING_VERSION
 from asanet_jax.convert.official import export_state_dict, load_state_dict
@@ -48,11 +48,16 @@ def parse_overrides(items: list[str]) -> dict:
 
 def imagenet_config(state: dict, overrides: dict) -> dict:
     """``config.model`` of a model whose streams an ImageNet backbone initialises: CMX for
-    a MiT (SegFormer) file, ASANet for a ConvNeXt V2 one, with its sizes and `overrides`."""
+    a MiT (SegFormer) file, SA-Gate for a ResNet, vFuseNet for a VGG-BN, ASANet for a
+    ConvNeXt V2 one, with its sizes and `overrides`."""
     if imagenet_mit.is_mit(state):
         cfg = default_model_config("cmx").to_dict()
         sizes = imagenet_mit.imagenet_arch(state)
         sizes["num_heads"] = cmx.heads_for(sizes["embed_dims"], overrides)
+    elif imagenet_cnn.is_resnet(state) or imagenet_cnn.is_vgg(state):
+        # Loaded partially by name, as the official init: the model's sizes are the config's.
+        arch = "sagate" if imagenet_cnn.is_resnet(state) else "vfusenet"
+        cfg, sizes = default_model_config(arch).to_dict(), {}
     else:
         cfg = default_model_config().to_dict()
         depths, channels = imagenet_arch(state)
@@ -128,10 +133,15 @@ def convert(args) -> pathlib.Path:
     if report is not None:
         print(
             f"  {report['format']} ImageNet weights: {report['loaded']} tensors into "
-            f"{' and '.join(report['streams'])}; skipped {len(report['skipped'])} classifier "
+            f"{' and '.join(report['streams'])}; skipped {len(report['skipped'])} unused "
             f"keys; left at initialisation: {len(report['left_at_init'])} "
             f"({', '.join(report['left_at_init'][:4])}{', ...' if report['left_at_init'] else ''})"
         )
+        if report.get("shape_mismatch_skipped"):
+            print(
+                "  skipped for their shapes, as the official init does: "
+                + "; ".join(report["shape_mismatch_skipped"])
+            )
     return out
 
 

@@ -27,7 +27,7 @@ import re
 import numpy as np
 
 from asanet_jax import checkpointing, weights
-from asanet_jax.convert import imagenet_mit
+from asanet_jax.convert import imagenet_cnn, imagenet_mit
 from asanet_jax.convert.inspection import foreign_family, stream_arch, unknown_keys_error
 from asanet_jax.convert.layout import convnext_layout
 from asanet_jax.convert.mapping import stream_rules, to_flax_values
@@ -176,15 +176,14 @@ def init_from_imagenet(
     model, state: dict[str, np.ndarray], *, allow_nonfinite: bool = False
 ) -> dict:
     """``load_imagenet_backbone`` for a state_dict already in memory: ConvNeXt V2 for
-    ASANet, MiT for CMX (``imagenet_mit``)."""
+    ASANet, MiT for CMX (``imagenet_mit``), ResNet for SA-Gate and VGG-BN for vFuseNet
+    (``imagenet_cnn``, loaded partially by name as the official code loads them)."""
     if model.config.architecture == "cmx":
         return imagenet_mit.init_from_imagenet(model, state, allow_nonfinite=allow_nonfinite)
-    if model.config.architecture != "asanet":
-        raise CheckpointError(
-            f"ImageNet initialisation of {model.config.architecture}'s streams is not "
-            "supported yet (ASANet: ConvNeXt V2; CMX: MiT): train from scratch, or convert "
-            "an official checkpoint of the whole model with --kind official"
-        )
+    if model.config.architecture == "sagate":
+        return imagenet_cnn.init_sagate(model, state, allow_nonfinite=allow_nonfinite)
+    if model.config.architecture == "vfusenet":
+        return imagenet_cnn.init_vfusenet(model, state, allow_nonfinite=allow_nonfinite)
     backbone, skipped, fmt = to_mmpretrain_names(state)
     if not allow_nonfinite:
         check_finite(backbone)
@@ -232,7 +231,13 @@ def init_from(model, path, log=print) -> None:
         log(
             f"initialised {', '.join(report['streams'])} stream(s) from {path}: "
             f"{report['format']}, {report['loaded']} tensors; skipped {len(report['skipped'])} "
-            f"classifier keys; left at initialisation: {len(report['left_at_init'])}"
+            f"unused keys; left at initialisation: {len(report['left_at_init'])}"
+            + (
+                f" (shapes that do not fit, skipped as the official code does: "
+                f"{report['shape_mismatch_skipped']})"
+                if report.get("shape_mismatch_skipped")
+                else ""
+            )
         )
         return
     source, _, _ = checkpointing.load_model_dir(path)
