@@ -13,7 +13,8 @@ def train(
     config: str, workdir: pathlib.Path, pie: dict, *flags: str
 ) -> subprocess.CompletedProcess:
     """``scripts/train.py --config configs/<config>`` (``cmx.py:pie,runlocal`` ...) on the
-    ``pie`` fixture's folder and TFDS data dir (built by the first run, reused after)."""
+    ``pie`` fixture's folder and TFDS data dir (built by the first run, reused after), with
+    64-pixel crops."""
     cmd = [
         sys.executable,
         str(REPO / "scripts" / "train.py"),
@@ -24,6 +25,10 @@ def train(
         f"--config.data.manual_dir={pie['source']}",
         f"--config.data.data_dir={pie['data_dir']}",
         "--config.data.num_threads=2",
+        # The tiles' own size: these runs check the wiring, and PIE's 256 crops of a
+        # rescaled 64-pixel tile cost 16 times the compute.
+        "--config.data.augment.crop_size=(64, 64)",
+        "--config.data.augment.scale=(128, 64)",
         *flags,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
