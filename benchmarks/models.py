@@ -3,6 +3,7 @@
     python -m benchmarks.models                       # this machine, every model
     python -m benchmarks.models --models cmx-b2,sagate-r101 --repeats 2
     python -m benchmarks.models --smoke               # the golden fixtures' sizes, 64x64
+    python -m benchmarks.models --cases jax:infer:fp32:1,jax:infer:fp32:8 --no-train
 
 Per model: parameters (against the count of the genuine official model), GFLOPs of one
 256x256 image from XLA's cost analysis, inference images/s at batch 1 and 8 in float32
@@ -137,6 +138,7 @@ def main(argv=None) -> None:
     p.add_argument("--models", default=",".join(OFFICIAL), help="comma-separated")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-train", action="store_true", help="skip the training step")
+    p.add_argument("--cases", help=f"comma-separated, instead of {','.join(CASES)}")
     p.add_argument("--smoke", action="store_true", help="the fixtures' sizes at 64x64")
     p.add_argument("--out", type=pathlib.Path, default=run.RESULTS)
     args = p.parse_args(argv)
@@ -146,7 +148,8 @@ def main(argv=None) -> None:
         p.error(f"unknown models {unknown}: expected some of {sorted(run.MODELS)}")
     size = 64 if args.smoke else SIZE
     env = run.environment()
-    cases = list(CASES) + ([] if args.no_train else [TRAIN_CASE])
+    cases = args.cases.split(",") if args.cases else list(CASES)
+    cases += [] if args.no_train else [TRAIN_CASE]
     rows = measure(models, size, args.repeats, cases)
     name = f"models_{'gpu' if env['accelerator'] else 'cpu'}"
     args.out.mkdir(parents=True, exist_ok=True)
