@@ -19,6 +19,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.run --model cmx-b2
+	$(PY) -m benchmarks.models
 
 # Wheels for the accelerator check on a machine without network (benchmarks/device_check.py):
 # for its Python (DEVICE_PYTHON) on x86-64 Linux, into .whl/.

@@ -112,3 +112,10 @@ def test_a_file_of_another_family_is_one_line():
     with pytest.raises(CheckpointError, match="not an ImageNet ResNet"):
         sagate = segmentor.build(SAGATE, rngs=nnx.Rngs(0))
         init_from_imagenet(sagate, read_state_dict(THIRD_PARTY / "mmpretrain_vgg_micro.pth"))
+
+
+def test_a_resnet_or_vgg_given_to_asanet_names_the_model_it_starts():
+    asanet = segmentor.build({"backbone": "atto"}, rngs=nnx.Rngs(0))
+    for file, model in (("torchseg_resnet_micro", "sagate"), ("mmpretrain_vgg_micro", "vfusenet")):
+        with pytest.raises(CheckpointError, match=f"architecture='{model}'"):
+            init_from_imagenet(asanet, read_state_dict(THIRD_PARTY / f"{file}.pth"))

@@ -100,7 +100,19 @@ def foreign_family(state: dict) -> tuple[str, str] | None:
     elif key := _first(state, r".*relative_position_bias_table"):
         what = "Swin Transformer checkpoint (relative position bias tables)"
     elif key := _first(state, r"(?:backbone\.)?layer[1-4]\.\d+\.conv1\.weight"):
-        what = "ResNet checkpoint ('layerN.M.conv1' residual blocks)"
+        return (
+            "looks like a ResNet checkpoint ('layerN.M.conv1' residual blocks), the ImageNet "
+            "start of SA-Gate's streams: use it with a SA-Gate model "
+            "(config.model.architecture='sagate')",
+            key,
+        )
+    elif key := _first(state, r"backbone\.features\.0\.conv\.weight"):
+        return (
+            "looks like an mmcls / mmpretrain VGG checkpoint, the ImageNet start of "
+            "vFuseNet's streams: use it with a vFuseNet model "
+            "(config.model.architecture='vfusenet')",
+            key,
+        )
     elif (key := _first(state, r"(?:backbone\.)?patch_embed\.proj(?:ection)?\.weight")) and any(
         ".attn." in k for k in state
     ):
