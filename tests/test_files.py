@@ -135,13 +135,12 @@ def test_ctrl_c_during_a_conversion_is_one_line_and_leaves_nothing(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 300
     if when == "while_reading":
         wait_for(proc.stdout, "reading", [])  # the converter's first word, before the read
     else:
-        while not list(out.parent.glob(f".model.{files.TAG}-*")) and time.time() < deadline:
-            time.sleep(0.005)
+        while not list(out.parent.glob(f".model.{files.TAG}-*")):  # or the run ends: fails
             assert proc.poll() is None, proc.communicate()
+            time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     stderr = assert_interrupted(proc, [])
     assert list(out.parent.iterdir()) == []  # no model, no temporaries

@@ -249,10 +249,8 @@ def test_a_run_killed_midway_resumes_and_redoes_only_unfinished_scenes(region_di
     scenes = write_list(tmp_path / "scenes.csv", names)
     out = tmp_path / "out"
     proc = predict(root, "--scenes", scenes, "--batch_size", 1, wait=False)
-    deadline = time.monotonic() + 300
-    while not (out / "a.tif").exists():
+    while not (out / "a.tif").exists():  # the run ending first fails the test
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
