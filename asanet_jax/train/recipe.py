@@ -77,7 +77,14 @@ OFFICIAL_DTYPE = {
 OFFICIAL_AUX_WEIGHT = {"asanet": 0.4, "cmx": 0.0, "sagate": 0.2, "vfusenet": 0.4}
 # A small model of each architecture, for `runlocal` checks.
 LOCAL_MODEL = {
-    "asanet": {"backbone": "atto", "decoder_channels": 32, "aux_channels": 16},
+    # Every stage with a block (two in stage 3), so a 4-step run compiles in seconds.
+    "asanet": {
+        "backbone": "atto",
+        "depths": (1, 1, 2, 1),
+        "channels": (16, 32, 64, 128),
+        "decoder_channels": 32,
+        "aux_channels": 16,
+    },
     "cmx": {
         "embed_dims": (16, 32, 64, 128),
         "num_heads": (1, 2, 2, 4),
