@@ -1,6 +1,7 @@
 """Training: configs, the official optimiser groups and schedule, sharded steps on real
 meshes, exact resume (also after SIGKILL), divergence handling, and metrics."""
 
+import itertools
 import json
 import os
 import pathlib
@@ -384,20 +385,14 @@ def test_diverging_loss_stops_naming_the_step(uninterrupted, tmp_path):
 def test_train_script_trains_on_a_pie_format_folder(tmp_path, pie):
     from tests.support import train_runs
 
-    micro = [
-        "--config.model.depths=(1,1,1,1)",
-        "--config.model.channels=(8,16,24,32)",
-        "--config.model.decoder_channels=16",
-        "--config.model.aux_channels=8",
-    ]
-    out = train_runs.train("pie.py:runlocal", tmp_path / "run", pie, *micro)
+    out = train_runs.train("pie.py:runlocal", tmp_path / "run", pie, *MICRO_FLAGS)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "final mIoU" in out.stdout
     assert (pie["data_dir"] / "pie_rgb_sar" / "2.0.0" / "dataset_info.json").is_file()
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(saved["per_class"]) == {"background", "city", "road", "water", "forest", "farmland"}
     # A second run into the finished directory is refused with a clear message.
-    again = train_runs.train("pie.py:runlocal", tmp_path / "run", pie, *micro)
+    again = train_runs.train("pie.py:runlocal", tmp_path / "run", pie, *MICRO_FLAGS)
     assert again.returncode == 1 and "holds a finished run" in again.stderr
 
 
@@ -513,7 +508,7 @@ def test_the_same_data_with_ignore_100_or_255_feeds_training_identically(tmp_pat
         pipeline.train_dataset(sources[i]["train"], 2, 0, augment, 0, 1, num_threads=1)
         for i in (100, 255)
     ]
-    for _, (x, y) in zip(range(3), zip(*batches, strict=True), strict=False):
+    for x, y in itertools.islice(zip(*batches, strict=True), 3):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
