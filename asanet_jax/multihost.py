@@ -21,17 +21,28 @@ BATCH_AXES = ("data", "fsdp")
 def initialize(distributed) -> None:
     """Start jax.distributed for multi-process runs: explicit coordinator settings
     (`distributed.coordinator_address`, `.num_processes`, `.process_id`), or the
-    environment of a TPU pod / SLURM job (which jax.distributed detects itself)."""
+    environment of a TPU pod / SLURM job (which jax.distributed detects itself).
+    `distributed.heartbeat_timeout_s`, where set, replaces jax.distributed's default."""
     if jax.distributed.is_initialized():
         return
+    timeouts = {}
+    heartbeat = getattr(distributed, "heartbeat_timeout_s", None)
+    if heartbeat is not None:
+        if heartbeat <= 0:
+            raise ValueError(
+                f"distributed.heartbeat_timeout_s is {heartbeat}; expected a positive "
+                "number of seconds"
+            )
+        timeouts["heartbeat_timeout_seconds"] = int(heartbeat)
     if distributed.coordinator_address:
         jax.distributed.initialize(
             coordinator_address=distributed.coordinator_address,
             num_processes=distributed.num_processes,
             process_id=distributed.process_id,
+            **timeouts,
         )
     elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES"):
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
 
 
 def local_mesh() -> jax.sharding.Mesh:

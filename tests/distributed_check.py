@@ -32,6 +32,9 @@ if mode == "process":
     config.distributed.coordinator_address = f"localhost:{port}"
     config.distributed.num_processes = 2
     config.distributed.process_id = process_id
+    # Two processes compiling on a loaded 2-core machine can starve the coordination
+    # service past jax's 100 s heartbeat window without either having died.
+    config.distributed.heartbeat_timeout_s = 3600
 else:
     workdir, data_dir = sys.argv[2], sys.argv[3]
     config = micro_config(data_dir, steps=2, checkpoint_every=2, eval_every=2)

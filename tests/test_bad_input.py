@@ -41,7 +41,7 @@ MOUNTS = pytest.mark.skipif(
 )
 
 
-def script(name: str, *args, tmpfs: tuple | None = None, cwd=REPO, timeout: int = 600):
+def script(name: str, *args, tmpfs: tuple | None = None, cwd=REPO):
     """Run scripts/<name>; with tmpfs=(folder, options[, ro]) inside a private mount
     namespace where `folder` is a fresh tmpfs (made read-only after setup when asked);
     the folder's listing just before the namespace ends is returned too."""
@@ -58,7 +58,7 @@ def script(name: str, *args, tmpfs: tuple | None = None, cwd=REPO, timeout: int 
             + f"{folder} > {listing_file}; exit $rc"
         )
         cmd = ["unshare", "-rm", "sh", "-c", shell, "sh", *cmd]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if tmpfs is not None:
         listing = listing_file.read_text().split()
     return proc, listing

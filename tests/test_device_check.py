@@ -29,7 +29,6 @@ def test_smoke_run_writes_every_section(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=900,
         cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -98,7 +98,6 @@ def run_eval(*args):
         [sys.executable, str(REPO / "scripts" / "eval.py"), *args],
         capture_output=True,
         text=True,
-        timeout=600,
     )
 
 

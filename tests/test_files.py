@@ -109,7 +109,7 @@ def wait_for(stream, needle, seen: list[str]) -> None:
 
 def assert_interrupted(proc, seen: list[str]) -> str:
     """Ctrl-C was answered as one line and status 130; returns stderr."""
-    stdout, stderr = proc.communicate(timeout=300)
+    stdout, stderr = proc.communicate()
     stderr = "".join(seen) + stderr
     assert proc.returncode == 130, stdout + stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == "interrupted", stderr[-3000:]

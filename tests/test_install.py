@@ -129,7 +129,6 @@ def test_convert_and_infer_with_only_the_core_dependencies(tmp_path, golden_stat
         ],
         capture_output=True,
         text=True,
-        timeout=600,
         cwd=tmp_path,
         env=env,
     )
@@ -152,7 +151,7 @@ def test_the_wheel_installs_the_programs_the_configs_and_the_builders(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
          "-w", str(tmp_path), str(REPO)],
-        check=True, capture_output=True, timeout=600,
+        check=True, capture_output=True,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("asanet_jax-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -176,13 +175,13 @@ def test_the_programs_find_the_installed_configs_from_any_folder(tmp_path):
         assert (bin_dir / f"asanet-{program}").is_file(), program
     proc = subprocess.run(
         [str(bin_dir / "asanet-train"), "--config", "configs/demo.py:bogus"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "configs/demo.py: unknown variant 'bogus'" in proc.stderr.strip().splitlines()[-1]
     proc = subprocess.run(
         [str(bin_dir / "asanet-train"), "--config", "configs/nothing.py"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert proc.stderr.strip().splitlines()[-1] == "error: configs/nothing.py: no such config file"
     # --help describes the program and lists its flags, whichever file started it.

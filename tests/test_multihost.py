@@ -6,6 +6,11 @@ import socket
 import subprocess
 import sys
 import textwrap
+import types
+
+import pytest
+
+from asanet_jax import multihost
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -20,7 +25,9 @@ PROCESS = textwrap.dedent(
     from asanet_jax import multihost
 
     pid, port, fail, digest = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
+    jax.distributed.initialize(
+        f"localhost:{port}", num_processes=2, process_id=pid, heartbeat_timeout_seconds=3600
+    )
     failure = ValueError(f"process {pid} could not read its scenes") if str(pid) in fail else None
     try:
         done = multihost.agree(failure, digest.encode() + bytes([pid]) * (digest == "x"),
@@ -54,7 +61,7 @@ def run_two(fail: str, digest: str = "d") -> list[str]:
     ]
     lines = []
     for proc in procs:
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate()
         assert proc.returncode == 0, err[-3000:]
         lines.append(out.strip().splitlines()[-1])
     return lines
@@ -77,3 +84,11 @@ def test_the_processes_agree_on_what_was_done_or_refuse_different_work():
     # Given different work (the digest differs by process): both refuse.
     different = "error: the processes were given different scene lists"
     assert all(line.startswith(different) for line in run_two(fail="", digest="x"))
+
+
+def test_a_heartbeat_timeout_that_is_not_positive_is_refused():
+    settings = types.SimpleNamespace(
+        coordinator_address="localhost:1", num_processes=2, process_id=0, heartbeat_timeout_s=0
+    )
+    with pytest.raises(ValueError, match="heartbeat_timeout_s is 0; expected a positive"):
+        multihost.initialize(settings)

@@ -330,9 +330,7 @@ def test_predict_script_and_its_error_messages(model, tmp_path):
         "--sar",
         str(tmp_path / "sar.tif"),
     ]
-    ok = subprocess.run(
-        [*cmd, "--output", str(tmp_path / "o.tif")], capture_output=True, text=True, timeout=600
-    )
+    ok = subprocess.run([*cmd, "--output", str(tmp_path / "o.tif")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (tmp_path / "o.png").is_file()
     # Default stride: 2/3 of the window.
@@ -341,20 +339,20 @@ def test_predict_script_and_its_error_messages(model, tmp_path):
     with rasterio.open(tmp_path / "o.tif") as out:
         np.testing.assert_array_equal(out.read(1), expected)
     bare = [*cmd[:3], str(tmp_path / "bare"), *cmd[4:], "--output", str(tmp_path / "n.tif")]
-    refused = subprocess.run(bare, capture_output=True, text=True, timeout=600)
+    refused = subprocess.run(bare, capture_output=True, text=True)
     assert refused.returncode == 1 and "does not record the dataset" in refused.stderr
     named = subprocess.run(
-        [*bare, "--dataset", "synthetic_rgb_sar"], capture_output=True, text=True, timeout=600
+        [*bare, "--dataset", "synthetic_rgb_sar"], capture_output=True, text=True
     )
     assert named.returncode == 0, named.stderr[-2000:]
     fake_sources.write_geotiff(tmp_path / "sar.tif", np.zeros((80, 91), np.uint8))
     bad = subprocess.run(
-        [*cmd, "--output", str(tmp_path / "b.tif")], capture_output=True, text=True, timeout=600
+        [*cmd, "--output", str(tmp_path / "b.tif")], capture_output=True, text=True
     )
     assert bad.returncode == 1 and "is 80x90 but" in bad.stderr and "Traceback" not in bad.stderr
     (tmp_path / "sar.tif").write_bytes(b"not a tiff")
     bad = subprocess.run(
-        [*cmd, "--output", str(tmp_path / "b.tif")], capture_output=True, text=True, timeout=600
+        [*cmd, "--output", str(tmp_path / "b.tif")], capture_output=True, text=True
     )
     assert bad.returncode == 1 and "unreadable SAR raster" in bad.stderr
 

@@ -76,6 +76,12 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_string("coordinator_address", None, "jax.distributed coordinator host:port.")
 flags.DEFINE_integer("num_processes", None, "jax.distributed: number of processes.")
 flags.DEFINE_integer("process_id", None, "jax.distributed: this process's index.")
+flags.DEFINE_integer(
+    "heartbeat_timeout_s",
+    None,
+    "jax.distributed: seconds a process may go silent before the others count it dead "
+    "(jax's default, 100, when unset).",
+)
 flags.mark_flag_as_required("checkpoint")
 
 
@@ -106,6 +112,7 @@ def main(argv) -> int:
             coordinator_address=f.coordinator_address,
             num_processes=f.num_processes,
             process_id=f.process_id,
+            heartbeat_timeout_s=f.heartbeat_timeout_s,
         )
     )
     region.predict_region(

@@ -169,11 +169,15 @@ def base_config(architecture: str = "asanet") -> ml_collections.ConfigDict:
     )
 
     # Multi-host: set when not auto-detected (TPU pods and SLURM are detected).
+    # `heartbeat_timeout_s`: how long a process may go silent before the others count it
+    # dead and stop (jax.distributed's default, 100 s, when unset). Raise it where hosts
+    # are heavily oversubscribed: a starved process misses heartbeats without having died.
     config.distributed = ml_collections.ConfigDict(
         {
             "coordinator_address": config_dict.placeholder(str),
             "num_processes": config_dict.placeholder(int),
             "process_id": config_dict.placeholder(int),
+            "heartbeat_timeout_s": config_dict.placeholder(int),
         }
     )
     return config

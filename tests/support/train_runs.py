@@ -31,4 +31,4 @@ def train(
         "--config.data.augment.scale=(128, 64)",
         *flags,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, capture_output=True, text=True)

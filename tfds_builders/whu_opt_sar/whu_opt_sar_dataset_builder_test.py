@@ -113,7 +113,6 @@ def test_listed_scenes_missing_on_disk_are_an_error_unless_a_subset_is_asked(tmp
         [sys.executable, str(script), *args, f"--manual_dir={root}"],
         capture_output=True,
         text=True,
-        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     _, info = build.open_split(tmp_path / "data", "whu_opt_sar", "train")
