@@ -10,15 +10,12 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(__file__).parents[1] / ".pytest_cache" / "jax")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
-# Compiling, not running, is most of the suite's time (micro models). With XLA's backend
-# optimisation off it is about a fifth shorter; with XLA:CPU's MLIR fusion emitters off
-# (the older LLVM IR emitter, one pass pipeline for the whole module rather than one per
-# fusion) a micro training step compiles in about 0.7x the time again. Subprocesses
-# inherit the flags; those that set a device count add to them. The figures the README
-# quotes are measured with XLA's default flags (benchmarks/).
+# Compiling, not running, is most of the suite's time (micro models): with XLA's backend
+# optimisation off it is about a fifth shorter. Subprocesses inherit the flag; those that
+# set a device count add to it. The figures the README quotes are measured with XLA's
+# default flags (benchmarks/).
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+    os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
 ).strip()
 
 import jax
