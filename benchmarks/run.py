@@ -180,6 +180,7 @@ def jax_step(mode: str, precision: str, batch: int, arch: str, size: int):
             carry[:] = [p, r, o]
             jax.block_until_ready(loss)
 
+    step.compiled = compiled  # for its HLO (benchmarks/cpu_profile.py)
     return step
 
 
@@ -195,7 +196,9 @@ def run_jax(mode: str, precision: str, batch: int, repeats: int, arch: str, size
     return {"times_s": times, "peak_memory_mb": peak, "device": device.device_kind}
 
 
-def run_torch(mode: str, precision: str, batch: int, repeats: int, arch: str, size: int) -> dict:
+def torch_step(mode: str, precision: str, batch: int, arch: str, size: int):
+    """A function running one inference or training step (AdamW) of the PyTorch baseline,
+    synchronised on a GPU; channels_last, and AMP when `precision` is 'amp'."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -216,21 +219,29 @@ def run_torch(mode: str, precision: str, batch: int, repeats: int, arch: str, si
                 fwd(x)["logits"]
             sync()
 
-    else:
-        model.train()
-        labels = torch.randint(0, NUM_CLASSES, (batch, size, size), device=dev)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-        scaler = torch.amp.GradScaler(enabled=cuda and precision == "amp")
+        return step
+    model.train()
+    labels = torch.randint(0, NUM_CLASSES, (batch, size, size), device=dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    scaler = torch.amp.GradScaler(enabled=cuda and precision == "amp")
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            with autocast:
-                total = loss(fwd(x), labels)
-            scaler.scale(total).backward()
-            scaler.step(opt)
-            scaler.update()
-            sync()
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            total = loss(fwd(x), labels)
+        scaler.scale(total).backward()
+        scaler.step(opt)
+        scaler.update()
+        sync()
 
+    return step
+
+
+def run_torch(mode: str, precision: str, batch: int, repeats: int, arch: str, size: int) -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    step = torch_step(mode, precision, batch, arch, size)
     step()  # warm-up (and compilation on GPU)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
