@@ -288,15 +288,66 @@ def test_run_writes_metrics_config_checkpoints_and_refuses_to_overwrite(uninterr
         trainer.train(micro_config(root / "data"), run)
 
 
-def test_stopped_and_resumed_run_equals_the_uninterrupted_one(uninterrupted, tmp_path):
+def test_stopped_and_resumed_run_equals_the_uninterrupted_one(uninterrupted, tmp_path, monkeypatch):
     root, _ = uninterrupted
     config = micro_config(root / "data")
     trainer.train(config, tmp_path / "run", stop_after=2)
     assert not (tmp_path / "run" / "model").exists()
+    # The resumed run in the same process builds no step of its own: it reuses the first's.
+    built = []
+    for name in ("make_train_step", "make_eval_step"):
+        make = getattr(trainer, name)
+        monkeypatch.setattr(
+            trainer, name, lambda *a, _m=make, _n=name, **k: built.append(_n) or _m(*a, **k)
+        )
     trainer.train(micro_config(root / "data"), tmp_path / "run")
+    assert built == []
     expected, got = final_state(root / "run"), final_state(tmp_path / "run")
     for k in expected:
         np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+
+
+def test_a_step_is_reused_only_by_a_run_that_would_build_the_same_one(tmp_path):
+    """Every setting the steps are built from is in their key: the optimiser's, the loss
+    weights', the model's, the mesh; and the state's layout (checked by jax itself)."""
+    from asanet_jax.models.config import resolve
+    from asanet_jax.train import sharding
+
+    def settings(**changes):
+        config = micro_config(tmp_path / "data")
+        config.model.num_classes = 6
+        for field, value in changes.items():
+            section, name = field.split("__")
+            config[section][name] = value
+        return config
+
+    config = settings()
+    mesh = sharding.make_mesh(config.mesh)
+
+    def tx_factory(params):
+        return optimizer.make_optimizer(params, config.optim, 40)
+
+    state, _, _ = trainer.create_state(config, mesh, tx_factory)
+
+    def key(kind, config, mesh=mesh):
+        return trainer.program_key(kind, state, resolve(config.model), mesh, config)
+
+    base = key("train", config)
+    assert key("train", settings()) == base
+    for change in (
+        {"optim__lr": 2e-3},
+        {"optim__weight_decay": 0.01},
+        {"optim__total_steps": 41},
+        {"train__aux_weight": 0.3},
+        {"train__loss_replicas": 2},
+        {"model__drop_path_rate": 0.2},
+        {"model__kernels": "cpu"},
+    ):
+        assert key("train", settings(**change)) != base, change
+    other_mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("fsdp", "data"))
+    assert key("train", config, other_mesh) != base
+    assert key("eval", settings(optim__lr=2e-3)) == key("eval", config)  # no optimiser
+    assert key("eval", settings(model__kernels="cpu")) != key("eval", config)
 
 
 def start_training(data_dir, workdir, steps=40) -> subprocess.Popen:
@@ -337,13 +388,17 @@ def test_run_killed_with_sigkill_resumes_exactly(uninterrupted, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     # The OS released the lock with its holder. Resume the killed run two steps past its
-    # last checkpoint; run a reference straight to the same step; both save there.
+    # last checkpoint, and compare with a run straight to the same step: the uninterrupted
+    # one (the same steps: micro_config's schedule ignores train.steps) when that is step 4.
     start = checkpoints.TrainCheckpoints(tmp_path / "run", 3).latest_step()
     assert start is not None and start >= 2
     trainer.train(micro_config(root / "data", steps=40), tmp_path / "run", stop_after=2)
-    trainer.train(micro_config(root / "data", steps=40), tmp_path / "ref", stop_after=start + 2)
+    ref = root / "run"
+    if start + 2 != 4:
+        ref = tmp_path / "ref"
+        trainer.train(micro_config(root / "data", steps=40), ref, stop_after=start + 2)
     a = _checkpoint_params(tmp_path / "run", start + 2)
-    b = _checkpoint_params(tmp_path / "ref", start + 2)
+    b = _checkpoint_params(ref, start + 2)
     for k in b:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 

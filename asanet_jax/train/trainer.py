@@ -116,6 +116,47 @@ def make_train_step(
     )
 
 
+# The jitted steps of this process's earlier runs, by everything they are built from
+# (``program_key``): a second run of the same model, optimiser and mesh in one process (a
+# resumed run in a notebook, runs over other data or seeds) reuses them instead of
+# tracing them and loading or compiling their programs again.
+_PROGRAMS: dict = {}
+_MAX_PROGRAMS = 8
+
+
+def program_key(kind: str, train_state: TrainState, model_config, mesh, config) -> tuple:
+    """What a ``kind`` ('train' or 'eval') step is built from: the model's graph, the
+    shapes, dtypes and shardings of its state and optimiser state, the model config,
+    the mesh, and for 'train' the optimiser's settings and the loss weights."""
+
+    def layout(tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        return treedef, tuple((x.shape, x.dtype, x.sharding) for x in leaves)
+
+    if kind == "eval":
+        return ("eval", train_state.eval_graphdef, layout(train_state.state), model_config, mesh)
+    return (
+        "train",
+        train_state.graphdef,
+        layout(train_state.state),
+        layout(train_state.opt_state),
+        model_config,
+        mesh,
+        config.optim.to_json_best_effort(sort_keys=True),
+        float(config.train.aux_weight),
+        int(config.train.loss_replicas),
+    )
+
+
+def reused_program(key: tuple, build):
+    """``build()``, or what it returned for ``key`` before in this process."""
+    if key not in _PROGRAMS:
+        while len(_PROGRAMS) >= _MAX_PROGRAMS:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))  # the oldest
+        _PROGRAMS[key] = build()
+    return _PROGRAMS[key]
+
+
 def global_norm(tree) -> jax.Array:
     """The L2 norm of all leaves, scaled by the largest magnitude first: a zero-padded
     crop can give stem gradients of 1e19, whose squares overflow float32 (optax's
@@ -338,10 +379,16 @@ def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | 
         data_iter.set_state(data_state)
         log.info("resumed from step %d in %s", start, workdir)
 
-    train_step = make_train_step(
-        train_state, tx, model_config, config.train.aux_weight, mesh, config.train.loss_replicas
+    train_step = reused_program(
+        program_key("train", train_state, model_config, mesh, config),
+        lambda: make_train_step(
+            train_state, tx, model_config, config.train.aux_weight, mesh, config.train.loss_replicas
+        ),
     )
-    eval_step = make_eval_step(train_state, mesh)
+    eval_step = reused_program(
+        program_key("eval", train_state, model_config, mesh, config),
+        lambda: make_eval_step(train_state, mesh),
+    )
     batch_sharding = sharding.batch_sharding(mesh)
 
     def run_eval() -> dict:
