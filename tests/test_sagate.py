@@ -87,11 +87,11 @@ def test_the_gradient_exception_is_one_float32_relu_tie(state, io_grads, monkeyp
     y = block.bn3(block.conv3(jax.nn.relu(block.bn2(block.conv2(y)))))
     assert abs(float((y + ds(stem))[at])) < 1e-5
 
-    official = sagate.Bottleneck.__call__
+    original = sagate.Bottleneck.__call__
 
     def mirrored_at_the_kink(self, x, downsample=None):
         if getattr(self, "mirror_at", None) is None:
-            return official(self, x, downsample)
+            return original(self, x, downsample)
         y = jax.nn.relu(self.bn1(self.conv1(x)))
         y = self.bn3(self.conv3(jax.nn.relu(self.bn2(self.conv2(y)))))
         pre = y + downsample(x)

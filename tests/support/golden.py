@@ -81,8 +81,8 @@ CMX = Fixture("cmx", FIXTURES / "golden_cmx_micro", {"num_heads": (1, 2, 2, 4)})
 # 190) is within 1e-5 of zero before its ReLU (-7.2e-7 on an AMD EPYC, -5.7e-6 on an
 # Intel Xeon): the official float32 run had it on the other side of the kink, which moves
 # the gradients of the optical stem, layer 1 and the shared downsample (up to 1.5e-3).
-# Mirrored to the official side, those agree within 1e-5 and every gradient within
-# GRAD_TOL (tests/test_sagate.py).
+# Mirrored to the official side, those agree within 1e-4 (9e-6 measured) and every
+# gradient within GRAD_TOL (tests/test_sagate.py).
 SAGATE = Fixture(
     "sagate",
     FIXTURES / "golden_sagate_micro",
