@@ -72,7 +72,8 @@ def test_one_float32_relu_tie_moves_the_gradients_past_the_usual_tolerance(state
     kink, in a map whose mean magnitude is 1.8, and many others as close. Put on the other
     side of the kink (its value mirrored, its derivative kept), it alone moves the
     gradients of the 21 parameters upstream of it (the stem, layer 1, the shared
-    downsample) by more than GRAD_TOL, and every other gradient by less than 1e-4."""
+    downsample) by 2e-4 or more each and the largest past GRAD_TOL (5e-4 to 1.3e-3
+    measured), and every other gradient by less than 1e-4."""
     from asanet_jax.models import sagate
 
     model, _ = load_state_dict(state)
