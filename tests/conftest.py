@@ -10,6 +10,10 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(__file__).parents[1] / ".pytest_cache" / "jax")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+# Parity is measured at full float32 matmul precision (TF32/bf16 passes otherwise). The
+# scripts the tests run get it too: on a CPU it computes the same numbers, and a script's
+# program then equals the one an in-process test compiled, so the cache serves it.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 # Compiling, not running, is most of the suite's time (micro models): with XLA's backend
 # optimisation off it is about a fifth shorter. Subprocesses inherit the flag; those that
 # set a device count add to it. The figures the README quotes are measured with XLA's
@@ -22,8 +26,7 @@ import jax
 import numpy as np
 import pytest
 
-# Parity is measured at full float32 matmul precision (TF32/bf16 passes otherwise).
-jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_default_matmul_precision", "highest")  # in case jax came first
 
 # Test support is imported as `tests.support` (tests/ itself is a namespace package):
 # `python -m pytest` from the repository root has the root on sys.path; a bare `pytest`

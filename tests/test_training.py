@@ -23,7 +23,7 @@ from asanet_jax import checkpointing, metrics
 from asanet_jax.convert import layout, mapping
 from asanet_jax.models import ASANet, count_params, segmentor
 from asanet_jax.models.config import resolve
-from asanet_jax.train import checkpoints, optimizer, recipe, trainer
+from asanet_jax.train import checkpoints, optimizer, recipe, sharding, trainer
 
 THIRD_PARTY = pathlib.Path(__file__).parent / "fixtures" / "third_party"
 
@@ -136,7 +136,9 @@ def test_groups_are_rules_over_our_own_paths_so_a_new_parameter_gets_one():
 
 def test_global_norm_does_not_overflow_where_squares_would():
     rng = np.random.default_rng(0)
+    # Leaves joined into one vector ("a", "b", "z") and one reduced on its own ("big").
     tree = {"a": rng.normal(size=(3, 4)) * 1e19, "b": rng.normal(size=(5,)), "z": np.zeros(2)}
+    tree["big"] = rng.normal(size=(sharding.MIN_SHARDED_SIZE,)) * 1e18
     expected = np.sqrt(sum(np.sum(np.square(v.astype(np.float64))) for v in tree.values()))
     tree = jax.tree.map(lambda v: v.astype(np.float32), tree)
     assert float(trainer.global_norm(tree)) == pytest.approx(expected, rel=1e-6)
