@@ -1,7 +1,7 @@
-"""Run with 8 simulated CPU devices (see test_sharding.py): one training step of a micro
-ASANet on an FSDP mesh (4 data x 2 fsdp: the batch split four ways, the big tensors two)
-and on a single device, and the shardings a data-parallel mesh of 8 gives the same state;
-prints a JSON report."""
+"""Run with 8 simulated CPU devices (see test_sharding.py): one training step of the
+trainer tests' micro ASANet (tests/micro.py) on an FSDP mesh (4 data x 2 fsdp: the batch
+split four ways, the big tensors two) and on a single device, and the shardings a
+data-parallel mesh of 8 gives the same state; prints a JSON report."""
 
 import json
 import os
@@ -10,6 +10,7 @@ import sys
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 )
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/: micro.py
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
@@ -19,6 +20,7 @@ import numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
 
 from flax import nnx  # noqa: E402
+from micro import TRAINER_MODEL  # noqa: E402
 
 from asanet_jax.data import pipeline  # noqa: E402
 from asanet_jax.models import segmentor  # noqa: E402
@@ -28,10 +30,7 @@ from asanet_jax.train import optimizer, recipe, sharding, trainer  # noqa: E402
 
 def micro_config():
     config = recipe.demo_config("runlocal")
-    config.model.depths = (1, 1, 1, 1)
-    config.model.channels = (8, 16, 24, 32)
-    config.model.decoder_channels = 16
-    config.model.aux_channels = 8
+    config.model.update(TRAINER_MODEL)
     config.model.dropout = 0.0
     config.model.drop_path_rate = 0.0
     return config

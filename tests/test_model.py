@@ -181,3 +181,30 @@ def test_channel_mean_value_and_gradient_equal_the_plain_mean(mode):
     grad = jax.jit(jax.grad(lambda x: jnp.sum(channel_mean(x, mode) * probe)))(x)
     grad_ref = jax.grad(lambda x: jnp.sum(x.mean(-1, keepdims=True) * probe))(x)
     np.testing.assert_allclose(grad, grad_ref, rtol=1e-6, atol=1e-9)
+
+
+def test_building_under_a_trace_never_walks_the_trace_for_an_error_message(monkeypatch):
+    """Each nnx.Rngs draw probes its counter's ``sharding``; on a traced value jax built
+    that AttributeError's message from every equation traced so far, which made building
+    a model under a trace quadratic in its size (asanet_jax/models/tracing.py)."""
+    from jax._src.interpreters import partial_eval
+
+    walks = []
+    find_progenitors = partial_eval.JaxprStackFrame.find_progenitors
+
+    def counted(frame, tracer):
+        walks.append(tracer)
+        return find_progenitors(frame, tracer)
+
+    monkeypatch.setattr(partial_eval.JaxprStackFrame, "find_progenitors", counted)
+    model = abstract(**MICRO)
+    assert count_params(model) == 1_230_652 and walks == []
+
+    def probe(x):
+        assert not hasattr(x, "sharding")
+        with pytest.raises(AttributeError, match="'sharding' attribute is not available on"):
+            x.sharding  # noqa: B018
+        return x
+
+    jax.jit(probe)(jnp.ones(3))
+    assert walks == []

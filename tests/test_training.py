@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from micro import MICRO_MODEL
+from micro import MICRO_MODEL, TRAINER_MODEL
 
 from asanet_jax import checkpointing, metrics
 from asanet_jax.convert import layout, mapping
@@ -240,10 +240,7 @@ def test_metrics_follow_the_official_formulas_including_absent_classes():
 def micro_config(data_dir, **train):
     config = load_config("demo", "runlocal")
     config.data.data_dir = str(data_dir)
-    config.model.depths = (1, 1, 1, 1)
-    config.model.channels = (8, 16, 24, 32)
-    config.model.decoder_channels = 16
-    config.model.aux_channels = 8
+    config.model.update(TRAINER_MODEL)
     config.model.drop_path_rate = 0.1  # exercises the RNG streams across resume
     config.train.steps = 4
     config.train.checkpoint_every = 2
@@ -458,10 +455,15 @@ def test_train_script_trains_on_a_pie_format_folder(tmp_path, pie):
     assert again.returncode == 1 and "holds a finished run" in again.stderr
 
 
-MICRO_FLAGS = [
-    *(f"--config.model.{k}={v}".replace(" ", "") for k, v in MICRO_MODEL.items()),
-    "--config.data.num_threads=2",
-]
+def model_flags(model: dict) -> list[str]:
+    return [
+        *(f"--config.model.{k}={v}".replace(" ", "") for k, v in model.items()),
+        "--config.data.num_threads=2",
+    ]
+
+
+MICRO_FLAGS = model_flags(MICRO_MODEL)
+TRAINER_FLAGS = model_flags(TRAINER_MODEL)
 
 
 def run_script(name, *args) -> subprocess.CompletedProcess:
@@ -490,7 +492,7 @@ def test_folder_config_trains_on_sentinel_chips_and_the_model_directory_alone_pr
         f"--config={REPO / 'configs' / 'folder.py'}:runlocal",
         f"--config.data.manual_dir={src}",
         f"--config.data.data_dir={tmp_path / 'data'}",
-        *MICRO_FLAGS,
+        *TRAINER_FLAGS,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     meta = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
@@ -535,7 +537,7 @@ def test_folder_config_trains_on_sentinel_chips_and_the_model_directory_alone_pr
 def folder_micro_config(data_dir, manual_dir):
     config = load_config("folder", "runlocal")
     config.data.data_dir, config.data.manual_dir = str(data_dir), str(manual_dir)
-    config.model.update(MICRO_MODEL)
+    config.model.update(TRAINER_MODEL)
     config.data.num_threads = 2
     config.train.steps = config.train.eval_every = 2
     return config
@@ -709,7 +711,7 @@ def test_train_script_resuming_past_a_damaged_checkpoint_says_so_in_one_line(
         f"--config={REPO / 'configs' / 'demo.py'}:runlocal",
         f"--workdir={tmp_path / 'run'}",
         f"--config.data.data_dir={root / 'data'}",
-        *MICRO_FLAGS,
+        *TRAINER_FLAGS,
         "--config.model.drop_path_rate=0.1",  # micro_config's: the compiled steps are reused
     )
     assert out.returncode == 0, out.stderr[-3000:]
