@@ -12,17 +12,15 @@ and removed, and writes ``benchmarks/results/model_build_<platform>.{json,md}``.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import platform
 import statistics
 import time
 
 import jax
 from flax import nnx
-from jax._src.interpreters import partial_eval
 
 from asanet_jax.models import resolve, segmentor, tracing
+from benchmarks import run
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 MODELS = {
@@ -61,26 +59,20 @@ def main() -> None:
         config = resolve({**overrides, "num_classes": 6})
         tracing.install()
         fixed = traces(config)
-        del partial_eval.DynamicJaxprTracer.sharding  # jax's own property again
+        tracing.uninstall()
         unfixed = traces(config)
         tracing.install()
         rows.append({"model": name, "fixed": fixed, "unfixed": unfixed})
         print(name, {"fixed": fixed, "unfixed": unfixed}, flush=True)
-    machine = f"{platform.machine()} ({jax.local_device_count()} {jax.default_backend()} device)"
-    report = {
-        "machine": machine,
-        "cpu_count": len(os.sched_getaffinity(0)),
-        "jax": jax.__version__,
-        "repeats": REPEATS,
-        "rows": rows,
-    }
+    env = run.environment()
+    report = {"environment": env, "repeats": REPEATS, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"model_build_{jax.default_backend()}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         f"Building each model under a trace (median of {REPEATS}), seconds: without / with "
-        f"asanet_jax.models.tracing. {machine}, {report['cpu_count']} CPU cores; "
-        f"jax {jax.__version__}.",
+        f"asanet_jax.models.tracing. Machine: {env['cpu']} ({env['cpu_cores']} CPU cores); "
+        f"jax {env['jax']}, flax {env['flax']}.",
         "",
         "| model | nnx.eval_shape | jax.jit trace of the initialisation |",
         "| --- | --- | --- |",

@@ -4,7 +4,8 @@
     python tests/distributed_check.py single <workdir> <data_dir>
 
 Each of the two processes owns one CPU device; the reference owns two in one process.
-All train the micro model for two steps with the same config (see test_distributed.py).
+All train the trainer tests' micro model (tests/micro.py) for two steps with the same
+config (see test_distributed.py).
 """
 
 import os

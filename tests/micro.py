@@ -1,4 +1,4 @@
-"""The micro ASANet the evaluation, scene and notebook tests run: small enough to compile
+"""The micro ASANet the evaluation, scene and prediction tests run: small enough to compile
 in seconds, with every part of the real architecture; and the smaller one the trainer's
 own tests train."""
 
@@ -17,9 +17,9 @@ MICRO_MODEL = {
 # processes: the trainer, whatever the model): both streams, BatchNorm, drop path, the
 # decoder and the aux head, but the streams summed rather than fused by the CFMs and the
 # SFM (the paper's ablation, configs/ablations.py:sum_no_sfm). Those modules are half of
-# the micro model's train step to compile (9 of 19 s on 2 cores) and of its
-# initialisation. The full model trains in the PIE script test, the notebook and the
-# accelerator check.
+# the micro model's train step to compile (9 of 19 s on 2 cores, at batch 2) and of its
+# initialisation. The full architecture (CFMs, SFM) trains in the PIE script test
+# (MICRO_MODEL), the notebook's demo run and the accelerator check's smoke run.
 TRAINER_MODEL = {**MICRO_MODEL, "fusion": "sum", "sfm": False}
 
 

@@ -234,7 +234,7 @@ def test_metrics_follow_the_official_formulas_including_absent_classes():
     np.testing.assert_array_equal(update, [[1, 0, 0], [0, 1, 1], [0, 0, 0]])
 
 
-# --- real training runs on a micro model ------------------------------------------------
+# --- real training runs on a micro model (tests/micro.py) -----------------------------
 
 
 def micro_config(data_dir, **train):
