@@ -389,8 +389,11 @@ def test_run_killed_with_sigkill_resumes_exactly(uninterrupted, tmp_path):
     # The OS released the lock with its holder. Resume the killed run two steps past its
     # last checkpoint, and compare with a run straight to the same step: the uninterrupted
     # one (the same steps: micro_config's schedule ignores train.steps) when that is step 4.
-    start = checkpoints.TrainCheckpoints(tmp_path / "run", 3).latest_step()
-    assert start is not None and start >= 2
+    # The last step committed, read without a checkpoint manager: the resumed run is the
+    # first to open the folder, as when a user reruns the command.
+    last = tmp_path / "run" / "checkpoints" / "last"
+    start = max(int(p.name) for p in last.iterdir() if p.name.isdigit())
+    assert start >= 2
     trainer.train(micro_config(root / "data", steps=40), tmp_path / "run", stop_after=2)
     ref = root / "run"
     if start + 2 != 4:
@@ -675,6 +678,60 @@ def test_resume_sets_a_damaged_latest_checkpoint_aside_and_takes_the_one_before(
     with pytest.raises(checkpointing.ModelCheckpointError, match="no checkpoint restores: step 2"):
         saves.restore_latest(state, opt_state, log=logged.append)
     assert (tmp_path / "checkpoints" / "last" / "2").is_dir()
+
+
+# Saves steps 2 and 4 of small trees, and is killed (SIGKILL) as orbax is about to rename
+# the temporary `last/{cut}` of step 4's save to its final name: a kill may land at any
+# point of a save.
+_CUT_SHORT_SAVE = """
+import os, signal, sys
+import jax.numpy as jnp
+from orbax.checkpoint._src.path import atomicity
+from asanet_jax.train import checkpoints
+
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+async def killed_at_cut(self, *args, **kwargs):
+    if self.get().as_posix().endswith("/checkpoints/last/" + {cut!r}):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await finalize(self, *args, **kwargs)
+
+atomicity.AtomicRenameTemporaryPath.finalize = killed_at_cut
+saves = checkpoints.TrainCheckpoints({workdir!r}, 3)
+for step in (2, 4):
+    saves.save(step, {{"w": jnp.arange(5000.0) + step}}, {{"m": jnp.ones(5000)}}, {{"at": step}})
+    saves.wait()
+"""
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        "4.orbax-checkpoint-tmp/opt_state.orbax-checkpoint-tmp",  # an item still unfinished
+        "4.orbax-checkpoint-tmp",  # every item written, the step not yet renamed
+    ],
+)
+def test_a_save_cut_short_by_a_kill_is_removed_and_the_run_resumes_from_the_one_before(
+    tmp_path, cut
+):
+    from asanet_jax.train import workdir as workdirs
+
+    script = _CUT_SHORT_SAVE.format(cut=cut, workdir=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    last = tmp_path / "checkpoints" / "last"
+    assert (last / cut).is_dir() and (last / "2").is_dir()
+    # The killed run's folder is a training run's: resuming there is not refused.
+    assert workdirs.not_written_by_a_run(tmp_path) == []
+    saves = checkpoints.TrainCheckpoints(tmp_path, 3)
+    # Removed by the time the checkpoints exist, and said so.
+    assert saves.unfinished == [last / "4.orbax-checkpoint-tmp"]
+    assert sorted(p.name for p in last.iterdir()) == ["2"]
+    like = ({"w": jnp.zeros(5000)}, {"m": jnp.zeros(5000)})
+    step, state, _, data = saves.restore_latest(*like, log=pytest.fail)
+    assert step == 2 and data == {"at": 2}
+    np.testing.assert_array_equal(state["w"], np.arange(5000.0) + 2)
+    saves.close()
 
 
 def test_a_run_whose_latest_checkpoint_is_damaged_finishes_like_an_uninterrupted_one(

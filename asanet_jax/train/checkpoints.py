@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import pathlib
 import re
+import shutil
 import time
 import warnings
 
@@ -127,20 +128,40 @@ class _ItemDoesNotRestore(ModelCheckpointError):
         super().__init__(f"{path}: {self.reason}")
 
 
+# Orbax writes each save under `<step>.orbax-checkpoint-tmp` and renames it once complete:
+# a folder so named is a save that a kill cut short.
+UNFINISHED_SAVE = re.compile(r"\d+\.orbax-checkpoint-tmp[^/]*")
+
+
+def _remove_unfinished_saves(folder: pathlib.Path) -> list[pathlib.Path]:
+    """Remove the saves a kill cut short from `folder` (on process 0; every process then
+    waits for it). Returns what was removed."""
+    removed = []
+    if jax.process_index() == 0 and folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if UNFINISHED_SAVE.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+                removed.append(path)
+    multihost.sync(f"unfinished saves removed from {folder.name}")
+    return removed
+
+
 class TrainCheckpoints:
     """Training state under ``<workdir>/checkpoints``: the last `keep` saves (``last/``) and
     the best by validation mIoU (``best/``). Saves are asynchronous; each holds the model
-    state, the optimiser state, the step and the data iterator's position."""
+    state, the optimiser state, the step and the data iterator's position.
+
+    A save that a kill cut short is removed when this is built, before anything reads the
+    folder; ``unfinished`` lists what was removed."""
 
     def __init__(self, workdir, keep: int):
         self.root = root = pathlib.Path(workdir).absolute() / "checkpoints"
-        # cleanup_tmp_directories: a save cut short by a kill leaves a temporary that the
-        # next start removes.
+        # Not orbax's cleanup_tmp_directories: it removes them in a background thread,
+        # which races whatever lists or restores from the folder next.
+        self.unfinished = _remove_unfinished_saves(root / "last")
+        self.unfinished += _remove_unfinished_saves(root / "best")
         self.last = ocp.CheckpointManager(
-            root / "last",
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, cleanup_tmp_directories=True
-            ),
+            root / "last", options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         )
         self.best = ocp.CheckpointManager(
             root / "best",
@@ -149,7 +170,6 @@ class TrainCheckpoints:
                 best_fn=lambda m: m["mIoU"],
                 best_mode="max",
                 create=True,
-                cleanup_tmp_directories=True,
             ),
         )
 

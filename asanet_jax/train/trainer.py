@@ -382,6 +382,8 @@ def _train(config, workdir: pathlib.Path, model_config, mesh, stop_after: int | 
 
     train_state, tx, schedule = create_state(config, mesh, tx_factory)
     ckpt = checkpoints.TrainCheckpoints(workdir, config.train.keep_checkpoints)
+    for path in ckpt.unfinished:
+        log.warning("removed %s: a save the previous run did not finish", path)
     data_iter = iter(dataset)
     start = 0
     restored = ckpt.restore_latest(train_state.state, train_state.opt_state, log=log.warning)

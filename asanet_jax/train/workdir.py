@@ -26,7 +26,6 @@ import fcntl
 import json
 import os
 import pathlib
-import re
 import shutil
 import socket
 
@@ -137,9 +136,10 @@ def not_written_by_a_run(workdir: pathlib.Path) -> list[str]:
     """What a run would write over, or remove with --overwrite, that no run wrote: a
     ``config.json``, ``run.json`` or ``metrics.json`` that is not ours, and files inside
     ``model/``, ``checkpoints/`` and ``tensorboard/`` that are neither what
-    ``checkpointing.save_model`` nor orbax nor TensorBoard wrote. [] for a fresh folder
-    or one that only runs used."""
+    ``checkpointing.save_model`` nor orbax nor TensorBoard wrote (everything under a save
+    a kill cut short is orbax's). [] for a fresh folder or one that only runs used."""
     from asanet_jax import checkpointing, files
+    from asanet_jax.train import checkpoints
 
     workdir = pathlib.Path(workdir)
     found = []
@@ -151,10 +151,12 @@ def not_written_by_a_run(workdir: pathlib.Path) -> list[str]:
         path = workdir / name
         if (path.exists() or path.is_symlink()) and not _json_with(path, keys):
             found.append(f"{name} ({what})")
-    step = rf"\d+({re.escape('.orbax-checkpoint-tmp')}[^/]*)?"
     item = rf"((state|opt_state|data|metrics)/)?{checkpointing.ORBAX_FILE}"
+    # Anything under an unfinished save: orbax named the folder, and the next start
+    # removes it whole.
+    saves = rf"(last|best)/(\d+/{item}|{checkpoints.UNFINISHED_SAVE.pattern}/.+)"
     for name, pattern in (
-        ("checkpoints", rf"((last|best)/{step}|damaged/\d+-\d{{8}}-\d{{6}})/{item}"),
+        ("checkpoints", rf"({saves}|damaged/\d+-\d{{8}}-\d{{6}}/{item})"),
         ("tensorboard", r"events\.out\.tfevents\.[^/]+"),
     ):
         folder = workdir / name
