@@ -49,10 +49,12 @@ def test_smoke_run_writes_every_section(tmp_path):
     bench = report["benchmarks"]
     assert bench["not_run"] == []
     cases = {(r["framework"], r["mode"], r["precision"], r["batch"]) for r in bench["results"]}
-    assert cases == {("jax", "train", "bf16", 2), ("torch", "infer", "amp", 1)}
-    assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in bench["results"])
+    assert cases == {("jax", "train", "bf16", 2)}
     cmx = report["cmx_benchmarks"]
     assert cmx["not_run"] == [] and {r["model"] for r in cmx["results"]} == {"cmx-micro"}
+    assert [r["framework"] for r in cmx["results"]] == ["torch"]
+    for r in bench["results"] + cmx["results"]:
+        assert r["images_per_s"] > 0 and r["peak_memory_mb"] > 0, r
     assert (out / "gpu_cmx-micro.md").read_text().startswith("cmx-micro, 64x64")
     scene = report["scene"]
     assert scene["not_run"] == [] and [r["case"] for r in scene["results"]] == ["ours:2"]
