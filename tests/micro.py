@@ -5,6 +5,7 @@ own tests train."""
 from flax import nnx
 
 from asanet_jax.models.asanet import ASANet
+from configs.ablations import VARIANTS
 
 MICRO_MODEL = {
     "backbone": "atto",
@@ -20,7 +21,7 @@ MICRO_MODEL = {
 # the micro model's train step to compile (9 of 19 s on 2 cores, at batch 2) and of its
 # initialisation. The full architecture (CFMs, SFM) trains in the PIE script test
 # (MICRO_MODEL), the notebook's demo run and the accelerator check's smoke run.
-TRAINER_MODEL = {**MICRO_MODEL, "fusion": "sum", "sfm": False}
+TRAINER_MODEL = {**MICRO_MODEL, **VARIANTS["sum_no_sfm"]}
 
 
 def micro_model(num_classes: int = 6, seed: int = 0) -> ASANet:
