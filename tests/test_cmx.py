@@ -477,4 +477,4 @@ def test_train_script_trains_cmx_from_imagenet_mit_and_the_model_loads(tmp_path,
     model, config, _ = asanet_jax.load(tmp_path / "run" / "model")
     assert isinstance(model, CMX) and config.embed_dims == (16, 32, 64, 128)
     x = np.zeros((1, 64, 64, 3), np.float32)
-    assert model(x, x)["logits"].shape == (1, 64, 64, 6)
+    assert train_runs.logits(model, x, x).shape == (1, 64, 64, 6)

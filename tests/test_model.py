@@ -46,7 +46,10 @@ def test_custom_depths_and_channels_build_and_run():
         rngs=nnx.Rngs(0),
     )
     model.eval()
-    out = model(jnp.ones((1, 40, 48, 3)), jnp.ones((1, 40, 48, 3)))
+    # Compiled: called eagerly, the model compiles each operation on its own (twice the time).
+    out = nnx.jit(lambda m, a, b: m(a, b))(
+        model, jnp.ones((1, 40, 48, 3)), jnp.ones((1, 40, 48, 3))
+    )
     assert out["logits"].shape == (1, 40, 48, 6)
     assert [f.shape[1:3] for f in out["features"]] == [(10, 12), (5, 6), (2, 3)]
 

@@ -288,4 +288,4 @@ def test_train_script_trains_sagate_and_the_model_loads(tmp_path, pie):
         "backbone.conv1.1.weight",
     ]
     x = np.zeros((1, 40, 56, 3), np.float32)
-    assert model(x, x)["logits"].shape == (1, 40, 56, 6)
+    assert train_runs.logits(model, x, x).shape == (1, 40, 56, 6)

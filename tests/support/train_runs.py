@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+from flax import nnx
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -32,3 +34,10 @@ def train(
         *flags,
     ]
     return subprocess.run(cmd, capture_output=True, text=True)
+
+
+@nnx.jit
+def logits(model, optical, sar):
+    """A trained model's logits, as one compiled program: called eagerly, a model compiles
+    each of its operations on its own (23 s for the CMX micro model, 6 s compiled)."""
+    return model(optical, sar)["logits"]
