@@ -124,8 +124,8 @@ FULL = {
 }
 SMOKE = {
     # The cheapest models to compile: the smoke run checks the code, not the models. Each
-    # framework and each mode once: our training here and our inference in `models`
-    # and `scene`, PyTorch's inference in `cmx` (every case is a process of its own).
+    # framework and each mode once: our training step in `cases`, our inference in
+    # `models` and `scene`, PyTorch's in `cmx` (every case is a process of its own).
     "arch": "micro-sum",
     "size": 64,
     "cases": ["jax:train:bf16:2"],

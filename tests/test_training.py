@@ -99,13 +99,15 @@ def test_optimizer_applies_the_official_lr_scale_and_weight_decay_to_every_param
     model = ASANet(spec, rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
     tx, schedule = optimizer.make_optimizer(params, config.optim, 80_000)
-    state = tx.init(params)
+    # Compiled, as in training (eagerly, each parameter's every operation compiles alone).
+    state = jax.jit(tx.init)(params)
+    update = jax.jit(tx.update)
     # Zero gradients: Adam's term is 0, so the update is -lr * scale * wd * p where decayed.
     zeros = jax.tree.map(np.zeros_like, params)
     ones = jax.tree.map(np.ones_like, params)
-    decay_update, _ = tx.update(zeros, state, params)
+    decay_update, _ = update(zeros, state, params)
     # Unit gradients at step 0: Adam's term is 1/(1+eps) per element: -lr * scale * (1 + wd p).
-    grad_update, _ = tx.update(ones, state, params)
+    grad_update, _ = update(ones, state, params)
     flat_p = {".".join(map(str, k)): v for k, v in nnx.to_flat_state(params)}
     flat_d = {".".join(map(str, k)): v for k, v in nnx.to_flat_state(decay_update)}
     flat_g = {".".join(map(str, k)): v for k, v in nnx.to_flat_state(grad_update)}
