@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import pathlib
 import statistics
-import time
 
 import jax
 from flax import nnx
@@ -33,12 +32,7 @@ REPEATS = 3
 
 
 def median_s(fn) -> float:
-    times = []
-    for _ in range(REPEATS):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(run.timed(fn, REPEATS))
 
 
 def traces(config) -> dict:

@@ -117,7 +117,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _timed(fn, repeats: int) -> list[float]:
+def timed(fn, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn`."""
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -193,7 +194,7 @@ def run_jax(mode: str, precision: str, batch: int, repeats: int, arch: str, size
 
     step = jax_step(mode, precision, batch, arch, size)
     step()  # warm-up
-    times = _timed(step, repeats)
+    times = timed(step, repeats)
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
     peak = stats["peak_bytes_in_use"] / 2**20 if stats else peak_rss_mb()
@@ -249,7 +250,7 @@ def run_torch(mode: str, precision: str, batch: int, repeats: int, arch: str, si
     step()  # warm-up (and compilation on GPU)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = _timed(step, repeats)
+    times = timed(step, repeats)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
     name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
     return {"times_s": times, "peak_memory_mb": peak, "device": name}

@@ -686,7 +686,7 @@ def test_resume_sets_a_damaged_latest_checkpoint_aside_and_takes_the_one_before(
 # the temporary `last/{cut}` of step 4's save to its final name: a kill may land at any
 # point of a save.
 _CUT_SHORT_SAVE = """
-import os, signal, sys
+import os, signal
 import jax.numpy as jnp
 from orbax.checkpoint._src.path import atomicity
 from asanet_jax.train import checkpoints

@@ -133,16 +133,19 @@ class _ItemDoesNotRestore(ModelCheckpointError):
 UNFINISHED_SAVE = re.compile(r"\d+\.orbax-checkpoint-tmp[^/]*")
 
 
-def _remove_unfinished_saves(folder: pathlib.Path) -> list[pathlib.Path]:
-    """Remove the saves a kill cut short from `folder` (on process 0; every process then
+def _remove_unfinished_saves(folders: list[pathlib.Path]) -> list[pathlib.Path]:
+    """Remove the saves a kill cut short from `folders` (on process 0; every process then
     waits for it). Returns what was removed."""
     removed = []
-    if jax.process_index() == 0 and folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            if UNFINISHED_SAVE.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-                removed.append(path)
-    multihost.sync(f"unfinished saves removed from {folder.name}")
+    if jax.process_index() == 0:
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.iterdir()):
+                if UNFINISHED_SAVE.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                    removed.append(path)
+    multihost.sync("unfinished checkpoint saves removed")
     return removed
 
 
@@ -158,8 +161,7 @@ class TrainCheckpoints:
         self.root = root = pathlib.Path(workdir).absolute() / "checkpoints"
         # Not orbax's cleanup_tmp_directories: it removes them in a background thread,
         # which races whatever lists or restores from the folder next.
-        self.unfinished = _remove_unfinished_saves(root / "last")
-        self.unfinished += _remove_unfinished_saves(root / "best")
+        self.unfinished = _remove_unfinished_saves([root / "last", root / "best"])
         self.last = ocp.CheckpointManager(
             root / "last", options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         )
